@@ -1,0 +1,288 @@
+package features
+
+import (
+	"bytes"
+	"math"
+	"math/bits"
+)
+
+// Feature indexes a value in a Vector.
+type Feature int
+
+// The features of one agent window. Counts are raw; "share" features are
+// binomial (Value = successes, Trials = events); "per event" features are
+// means over the events that carried the field (Trials = how many did).
+const (
+	EventCount      Feature = iota // events in the window
+	DistinctTargets                // share of calls that reached another distinct target: (distinct−1)/(events−1)
+	NewTargets                     // targets this agent had not used before
+	NewActions                     // actions this agent had not used before
+	NewCredentials                 // credential ids this agent had not used before
+	NewSources                     // source addresses this agent had not used before
+	NewToPeers                     // targets, actions, credentials or sources new to the whole peer group too
+	ActionMix                      // Jensen–Shannon distance of the action mix from the agent's usual mix (filled by models)
+	DenyRate                       // decision=deny
+	ErrorRate                      // status error or timeout
+	BytesOut                       // bytes_out per event
+	BytesIn                        // bytes_in per event
+	Latency                        // latency_ms per successful call (geometric mean)
+	Amount                         // amount per money-moving event
+	RestrictedShare                // data_class=restricted
+	WeakAuthShare                  // auth none/apikey, or attested=false
+	NumFeatures
+)
+
+var featureNames = [NumFeatures]string{
+	"event_count", "distinct_target_share", "new_targets", "new_actions", "new_credentials",
+	"new_src_addresses", "new_to_peer_group", "action_mix_jsd", "deny_rate", "error_rate",
+	"bytes_out_per_event", "bytes_in_per_event", "latency_ms", "amount_per_event",
+	"restricted_share", "weak_auth_share",
+}
+
+func (f Feature) String() string {
+	if f < 0 || f >= NumFeatures {
+		return "unknown"
+	}
+	return featureNames[f]
+}
+
+// ActionBuckets is the resolution of the action-mix histogram: actions are
+// hashed into this many buckets.
+const ActionBuckets = 16
+
+// Novelty flags returned by Observe.
+const (
+	NewTarget uint8 = 1 << iota
+	NewAction
+	NewCredential
+	NewSource
+	NewPeerItem // at least one of the new items is new to the peer group too
+)
+
+// Hash seeds per item kind, so equal strings of different kinds differ.
+const (
+	seedTarget = 0x7a11 + iota
+	seedAction
+	seedCredential
+	seedSource
+)
+
+// Observe checks the event's target, action, credential and source address
+// against the agent's and the peer group's seen sets, records them, and
+// returns novelty flags and the action's histogram bucket. peer may be nil.
+func Observe(e *Event, agent, peer *SeenSet) (flags uint8, bucket int) {
+	ah := Hash64(e.Action, seedAction)
+	bucket = int(ah % ActionBuckets)
+	flags |= observe(Hash64(e.TargetID, seedTarget), NewTarget, agent, peer)
+	flags |= observe(ah, NewAction, agent, peer)
+	if len(e.CredentialID) > 0 {
+		flags |= observe(Hash64(e.CredentialID, seedCredential), NewCredential, agent, peer)
+	}
+	if len(e.SrcIP) > 0 {
+		flags |= observe(Hash64(e.SrcIP, seedSource), NewSource, agent, peer)
+	}
+	return flags, bucket
+}
+
+func observe(h uint64, flag uint8, agent, peer *SeenSet) uint8 {
+	fp := uint32(h >> 32)
+	if !agent.Observe(fp) {
+		if peer != nil {
+			peer.Observe(fp) // keep it fresh for the group
+		}
+		return 0
+	}
+	if peer != nil && peer.Observe(fp) {
+		return flag | NewPeerItem
+	}
+	return flag
+}
+
+// Window accumulates one agent's events in one event-time window. Its size is
+// fixed (about 170 bytes) whatever the traffic.
+type Window struct {
+	Index      int64 // window number: it covers [Index·size, (Index+1)·size)
+	N          uint32
+	Deny       uint32
+	Errors     uint32
+	Restricted uint32
+	Weak       uint32
+	WeakN      uint32 // events carrying auth or attested
+	DataN      uint32 // events carrying data_class
+	BytesOutN  uint32
+	BytesInN   uint32
+	LatencyN   uint32
+	AmountN    uint32
+	New        [5]uint16 // targets, actions, credentials, sources, new to peers
+	Actions    [ActionBuckets]uint16
+	BytesOut   float64
+	BytesIn    float64
+	Latency    float64 // sum of log1p(latency_ms)
+	AmountSum  float64
+	targets    [8]uint64 // 512-bit linear-counting bitmap of target hashes
+	First      int64
+	Last       int64
+	Flags      uint8 // reserved for the runtime (e.g. which early alerts fired)
+}
+
+// Reset empties w and starts window idx.
+func (w *Window) Reset(idx int64) { *w = Window{Index: idx} }
+
+// Add accumulates e. flags and bucket come from Observe.
+func (w *Window) Add(e *Event, flags uint8, bucket int) {
+	if w.N == 0 || e.TS < w.First {
+		w.First = e.TS
+	}
+	if e.TS > w.Last {
+		w.Last = e.TS
+	}
+	w.N++
+	if e.Decision == Deny {
+		w.Deny++
+	}
+	if e.Status == StatusError || e.Status == StatusTimeout {
+		w.Errors++
+	}
+	if e.DataClass != DataUnknown {
+		w.DataN++
+		if e.DataClass == DataRestricted {
+			w.Restricted++
+		}
+	}
+	if e.Auth != AuthUnknown || e.Attested != AttestUnknown {
+		w.WeakN++
+		if e.Auth == AuthNone || e.Auth == AuthAPIKey || e.Attested == AttestFalse {
+			w.Weak++
+		}
+	}
+	if e.BytesOut >= 0 {
+		w.BytesOut += float64(e.BytesOut)
+		w.BytesOutN++
+	}
+	if e.BytesIn >= 0 {
+		w.BytesIn += float64(e.BytesIn)
+		w.BytesInN++
+	}
+	// Latency of failed calls says little (timeouts sit at the client's
+	// limit), and errors have their own feature.
+	if e.HasLatency && (e.Status == StatusOK || e.Status == StatusUnknown) {
+		w.Latency += math.Log1p(e.LatencyMS)
+		w.LatencyN++
+	}
+	if e.Amount > 0 {
+		w.AmountSum += e.Amount
+		w.AmountN++
+	}
+	if flags != 0 {
+		for i := range 5 {
+			if flags&(1<<i) != 0 && w.New[i] < math.MaxUint16 {
+				w.New[i]++
+			}
+		}
+	}
+	if w.Actions[bucket] < math.MaxUint16 {
+		w.Actions[bucket]++
+	}
+	th := Hash64(e.TargetID, seedTarget)
+	w.targets[(th>>6)&7] |= 1 << (th & 63)
+}
+
+// DistinctTargets estimates the distinct targets seen by linear counting over
+// 512 bits (exact in expectation, a few percent error up to a few hundred,
+// saturating near 3,200).
+func (w *Window) DistinctTargets() float64 {
+	zeros := 0
+	for _, b := range w.targets {
+		zeros += 64 - bits.OnesCount64(b)
+	}
+	const m = 512
+	if zeros == 0 {
+		zeros = 1
+	}
+	return -m * math.Log(float64(zeros)/m)
+}
+
+// Vector is the feature vector of one closed (or, for early decisions,
+// partial) agent window.
+type Vector struct {
+	Index      int64 // window number
+	Start, End int64 // Unix nanoseconds
+	HourOfWeek int   // 0 = Monday 00:00 UTC … 167, of the window start
+	Value      [NumFeatures]float64
+	Trials     [NumFeatures]float64 // binomial trials, or events carrying a per-event field
+	Actions    [ActionBuckets]uint16
+}
+
+// Vector computes the feature vector of w for a window of the given size.
+func (w *Window) Vector(size int64) Vector {
+	v := Vector{Index: w.Index, Start: w.Index * size, End: (w.Index + 1) * size, Actions: w.Actions}
+	v.HourOfWeek = HourOfWeek(v.Start)
+	n := float64(w.N)
+	v.Value[EventCount] = n
+	if w.N > 1 {
+		d := math.Min(math.Max(math.Round(w.DistinctTargets()), 1), n)
+		v.Value[DistinctTargets], v.Trials[DistinctTargets] = d-1, n-1
+	}
+	v.Value[NewTargets] = float64(w.New[0])
+	v.Value[NewActions] = float64(w.New[1])
+	v.Value[NewCredentials] = float64(w.New[2])
+	v.Value[NewSources] = float64(w.New[3])
+	v.Value[NewToPeers] = float64(w.New[4])
+	v.Value[DenyRate], v.Trials[DenyRate] = float64(w.Deny), n
+	v.Value[ErrorRate], v.Trials[ErrorRate] = float64(w.Errors), n
+	v.Value[RestrictedShare], v.Trials[RestrictedShare] = float64(w.Restricted), float64(w.DataN)
+	v.Value[WeakAuthShare], v.Trials[WeakAuthShare] = float64(w.Weak), float64(w.WeakN)
+	mean := func(sum float64, k uint32) float64 {
+		if k == 0 {
+			return 0
+		}
+		return sum / float64(k)
+	}
+	v.Value[BytesOut], v.Trials[BytesOut] = mean(w.BytesOut, w.BytesOutN), float64(w.BytesOutN)
+	v.Value[BytesIn], v.Trials[BytesIn] = mean(w.BytesIn, w.BytesInN), float64(w.BytesInN)
+	v.Value[Latency], v.Trials[Latency] = math.Expm1(mean(w.Latency, w.LatencyN)), float64(w.LatencyN)
+	v.Value[Amount], v.Trials[Amount] = mean(w.AmountSum, w.AmountN), float64(w.AmountN)
+	return v
+}
+
+// HourOfWeek returns the UTC hour of the week of a Unix-nanosecond time,
+// Monday 00:00 = 0.
+func HourOfWeek(ts int64) int {
+	const hour = int64(3600e9)
+	h := floorDiv(ts, hour)
+	// 1970-01-01 was a Thursday: hour 0 of the epoch is hour 72 of its week.
+	return int(((h+72)%168 + 168) % 168)
+}
+
+// WindowIndex returns the number of the size-long window holding ts.
+func WindowIndex(ts, size int64) int64 { return floorDiv(ts, size) }
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if (a%b != 0) && ((a < 0) != (b < 0)) {
+		q--
+	}
+	return q
+}
+
+// DeriveClass returns the peer group for an agent without agent_class: the
+// last path segment of the id with a trailing "-NN" (or "_NN" or digits)
+// removed, e.g. "spiffe://bank.example/agent/payments-bot-07" → "payments-bot".
+// The result is appended to dst.
+func DeriveClass(dst, agentID []byte) []byte {
+	s := agentID
+	if i := bytes.LastIndexByte(s, '/'); i >= 0 && i+1 < len(s) {
+		s = s[i+1:]
+	}
+	j := len(s)
+	for j > 0 && s[j-1] >= '0' && s[j-1] <= '9' {
+		j--
+	}
+	if j < len(s) && j > 0 && (s[j-1] == '-' || s[j-1] == '_' || s[j-1] == '.') {
+		j--
+	}
+	if j == 0 {
+		j = len(s)
+	}
+	return append(dst, s[:j]...)
+}

@@ -1,0 +1,185 @@
+package models
+
+import (
+	"math"
+
+	"github.com/vigil-sec/vigil/features"
+)
+
+// Which features use which sub-model.
+var (
+	gaussFeatures = [...]features.Feature{features.ActionMix, features.BytesOut, features.BytesIn, features.Latency, features.Amount}
+	rareFeatures  = [...]features.Feature{features.NewTargets, features.NewActions, features.NewCredentials, features.NewSources, features.NewToPeers}
+	shareFeatures = [...]features.Feature{features.DistinctTargets, features.DenyRate, features.ErrorRate, features.RestrictedShare, features.WeakAuthShare}
+)
+
+const (
+	numGauss = len(gaussFeatures)
+	numRare  = len(rareFeatures)
+	numShare = len(shareFeatures)
+	// Slots of the seasonal count model: 24 UTC hours × {weekday, weekend}.
+	numSlots = 48
+)
+
+// gauss is a robust, exponentially decaying mean and variance on two time
+// scales. The fast one follows legitimate change; the slow one is the anchor
+// that a slow poisoning ramp cannot drag along quickly.
+type gauss struct {
+	mean, vr         float32 // fast
+	slowMean, slowVr float32 // slow
+	n                uint32  // windows that carried the feature (saturating)
+}
+
+// rare models a count of first-seen items per window as a compound process:
+// a window has any novelty with probability q, and given novelty the number of
+// new items is geometric with mean size.
+type rare struct {
+	q, size float32
+}
+
+// share is a decaying binomial rate: k successes in n trials, both decayed.
+type share struct {
+	k, n float32
+}
+
+// slot is the seasonal event-count model for one hour-of-week slot: the
+// decaying mean count per window (empty windows count as 0). The spread around
+// it is the agent's negative-binomial dispersion (Baseline.disp), shared by all
+// slots so that a bursty agent need not have burst in every hour of the week
+// to be known as bursty.
+type slot struct {
+	mean float32
+}
+
+// Baseline is the learned state of one agent, or of one peer group (every
+// agent of an agent_class). Its size is fixed, about 900 bytes, whatever the
+// traffic: it holds no per-target or per-event data.
+//
+// A Baseline is not safe for concurrent use; the detector gives each one a
+// single owner.
+type Baseline struct {
+	Windows   uint32 // windows learned from (saturating)
+	LastIndex int64  // last window number learned; gaps are empty windows
+	gauss     [numGauss]gauss
+	rare      [numRare]rare
+	share     [numShare]share
+	slots     [numSlots]slot
+	slotN     [numSlots]uint8 // updates per slot, saturating at 255
+	// Negative-binomial dispersion φ (variance = μ + φμ²; 0 for Poisson
+	// traffic) as a ratio of decayed sums: Σ((x−μ)² − μ) / Σμ².
+	dispNum, dispDen float32
+	mix              [features.ActionBuckets]float32
+	mixN             float32
+	cusum            [len(sustainedFeatures)]float32 // sustained-deviation sums (agents only)
+	cusumJoint       float32                         // sum on their joint deviation
+	cusumIdx         int64                           // window of the last Sustain
+	// The current hour's event count so far and its expectation, and the
+	// dispersion of complete hours (decayed sums, as for windows).
+	hourIdx          int64
+	hourX, hourM     float32
+	hourNum, hourDen float32
+	hourN            uint16
+}
+
+func slotOf(hourOfWeek int) int {
+	day, hour := hourOfWeek/24, hourOfWeek%24
+	if day >= 5 {
+		return 24 + hour
+	}
+	return hour
+}
+
+// ewma returns the update weight: a running mean for the first updates, then
+// a constant rate alpha.
+func ewma(n uint32, alpha float64) float64 {
+	return math.Max(alpha, 1/float64(n+1))
+}
+
+// sampling is the variance factor of a window mean over n events: 1/n for the
+// events' own noise plus betweenWindows for what a whole window shares (events
+// in one window are not independent). Variances are learned per unit of it, so
+// a window of two events is judged more leniently than one of two hundred.
+func sampling(n float64) float64 {
+	const betweenWindows = 0.1
+	return 1/math.Max(n, 1) + betweenWindows
+}
+
+// update moves g toward the window mean y of n events with weight (0–1). The
+// residual is winsorised at 3σ once the baseline has some history, so one
+// huge value cannot drag it.
+func (g *gauss) update(y, n, alphaFast, alphaSlow, weight float64) {
+	cnt := g.n
+	a, b := ewma(cnt, alphaFast)*weight, ewma(cnt, alphaSlow)*weight
+	if g.n < math.MaxUint32 {
+		g.n++
+	}
+	h := sampling(n)
+	g.mean, g.vr = step(float64(g.mean), float64(g.vr), y, h, a, cnt)
+	if cnt == 0 {
+		g.slowMean = float32(y)
+	}
+	g.slowMean, g.slowVr = step(float64(g.slowMean), float64(g.slowVr), y, h, b, cnt)
+}
+
+func step(m, v, y, h, a float64, cnt uint32) (float32, float32) {
+	if cnt >= 4 {
+		lim := 3 * math.Sqrt(v*h+1e-6)
+		y = math.Max(m-lim, math.Min(m+lim, y))
+	}
+	d := y - m
+	m += a * d
+	v = (1 - a) * (v + a*d*d/h)
+	return float32(m), float32(v)
+}
+
+// update moves the slot mean toward count x. Counts are not winsorised:
+// bursts are what the dispersion must learn.
+func (s *slot) update(x, a float64) {
+	s.mean = float32(float64(s.mean) + a*(x-float64(s.mean)))
+}
+
+// learnCount updates slot s with count x at weight w and, once the slot's
+// mean is established, the dispersion sums (decayed at rate a).
+func (b *Baseline) learnCount(s int, x, slotAlpha, a, w float64) {
+	m := float64(b.slots[s].mean)
+	if b.slotN[s] >= 3 {
+		decay := 1 - a
+		b.dispNum = float32(decay*float64(b.dispNum) + w*((x-m)*(x-m)-m))
+		b.dispDen = float32(decay*float64(b.dispDen) + w*m*m)
+	}
+	b.slots[s].update(x, math.Max(slotAlpha, 1/float64(int(b.slotN[s])+1))*w)
+	if b.slotN[s] < 255 {
+		b.slotN[s]++
+	}
+}
+
+// dispersion is φ with a prior worth priorWindows windows of μ² = 1 and
+// excess variance dispPrior each, so young baselines stay wide.
+func (b *Baseline) dispersion() float64 {
+	return math.Max(0, float64(b.dispNum)+priorWindows*dispPrior) / (float64(b.dispDen) + priorWindows)
+}
+
+// slotMean is the expected count per window in slot s. A slot with few
+// observations borrows from the same hour on the other kind of day, and that
+// from the agent's overall mean: the first Saturday of a 24/7 agent is not a
+// surprise, while hours observed silent stay silent. How much a slot borrows
+// grows with the square of the agent's dispersion, as the variance of a slot
+// mean does: a bursty agent's slot means are noise (its bursts fall in
+// whichever hour they fall), a regular agent's are not.
+func (b *Baseline) slotMean(s int) float64 {
+	phi := b.dispersion()
+	k0 := 1 + phi*phi // weight, in observations, of the fallback
+	var sum, cnt float64
+	for i := range numSlots {
+		sum += float64(b.slotN[i]) * float64(b.slots[i].mean)
+		cnt += float64(b.slotN[i])
+	}
+	all := 0.0
+	if cnt > 0 {
+		all = sum / cnt
+	}
+	o := (s + 24) % numSlots
+	no, ns := float64(b.slotN[o]), float64(b.slotN[s])
+	fb := (no*float64(b.slots[o].mean) + k0*all) / (no + k0)
+	return (ns*float64(b.slots[s].mean) + k0*fb) / (ns + k0)
+}

@@ -1,0 +1,755 @@
+package models
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"time"
+
+	"gonum.org/v1/gonum/mathext"
+	"gonum.org/v1/gonum/stat/distuv"
+
+	"github.com/vigil-sec/vigil/features"
+)
+
+// Config holds the learning and scoring parameters. The zero value is not
+// usable; start from DefaultConfig.
+type Config struct {
+	// WindowSize is the feature window length; rates below are per window.
+	WindowSize time.Duration `yaml:"window_size"`
+	// FastHalfLife is how quickly a baseline follows legitimate change.
+	FastHalfLife time.Duration `yaml:"fast_half_life"`
+	// SlowHalfLife is the anchor baseline's memory; a change slower than this
+	// still shows against it.
+	SlowHalfLife time.Duration `yaml:"slow_half_life"`
+	// WarmWindows is how many windows an agent needs before its first-seen
+	// features are scored against itself, and the weight (in windows) its own
+	// baseline gets against its peer group's while it is young.
+	WarmWindows int `yaml:"warm_windows"`
+	// PeerMinWindows is how many windows a peer group needs before a young
+	// agent can be scored against it. An agent that is young in a cold group is
+	// not scored at all (cold-start gating).
+	PeerMinWindows int `yaml:"peer_min_windows"`
+	// LearnBelow is the score under which a window is learned at full weight;
+	// weight falls linearly to MinLearnWeight at LearnAbove. Anomalous windows
+	// barely teach the baseline, so a slow attacker cannot train it.
+	LearnBelow     float64 `yaml:"learn_below"`
+	LearnAbove     float64 `yaml:"learn_above"`
+	MinLearnWeight float64 `yaml:"min_learn_weight"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		WindowSize:     5 * time.Minute,
+		FastHalfLife:   2 * 24 * time.Hour,
+		SlowHalfLife:   21 * 24 * time.Hour,
+		WarmWindows:    12,
+		PeerMinWindows: 30,
+		LearnBelow:     40,
+		LearnAbove:     60,
+		MinLearnWeight: 0.05,
+	}
+}
+
+// Validate reports the first invalid field.
+func (c Config) Validate() error {
+	switch {
+	case c.WindowSize < time.Second || c.WindowSize > 24*time.Hour:
+		return fmt.Errorf("window_size %v: want between 1s and 24h", c.WindowSize)
+	case c.FastHalfLife < c.WindowSize:
+		return fmt.Errorf("fast_half_life %v: want at least window_size", c.FastHalfLife)
+	case c.SlowHalfLife < c.FastHalfLife:
+		return fmt.Errorf("slow_half_life %v: want at least fast_half_life", c.SlowHalfLife)
+	case c.WarmWindows < 1:
+		return fmt.Errorf("warm_windows %d: want ≥ 1", c.WarmWindows)
+	case c.PeerMinWindows < 1:
+		return fmt.Errorf("peer_min_windows %d: want ≥ 1", c.PeerMinWindows)
+	case c.LearnBelow >= c.LearnAbove:
+		return fmt.Errorf("learn_below %v: want below learn_above %v", c.LearnBelow, c.LearnAbove)
+	case c.MinLearnWeight < 0 || c.MinLearnWeight > 1:
+		return fmt.Errorf("min_learn_weight %v: want within [0, 1]", c.MinLearnWeight)
+	}
+	return nil
+}
+
+// Model scores feature vectors against baselines and updates baselines. It
+// holds only configuration: all state is in Baselines, so one Model serves any
+// number of agents. Its methods are safe for concurrent use on distinct
+// Baselines.
+type Model struct {
+	cfg                   Config
+	alphaFast, alphaSlow  float64
+	alphaSlot, alphaPeerS float64
+	windowsPerHour        float64
+	chi2, chi2Sustained   distuv.ChiSquared
+}
+
+// New returns a Model for cfg, which must be valid.
+func New(cfg Config) (*Model, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	perHalf := func(d time.Duration) float64 {
+		return 1 - math.Exp(-math.Ln2*float64(cfg.WindowSize)/float64(d))
+	}
+	wph := float64(time.Hour) / float64(cfg.WindowSize)
+	// A seasonal slot is updated about windowsPerHour times a day (weekdays).
+	slotAlpha := 1 - math.Exp(-math.Ln2/(wph*cfg.FastHalfLife.Hours()/24))
+	return &Model{
+		cfg: cfg, alphaFast: perHalf(cfg.FastHalfLife), alphaSlow: perHalf(cfg.SlowHalfLife),
+		alphaSlot: slotAlpha, alphaPeerS: slotAlpha / 10, windowsPerHour: wph,
+		chi2:          distuv.ChiSquared{K: float64(features.NumFeatures)},
+		chi2Sustained: distuv.ChiSquared{K: float64(len(sustainedFeatures))},
+	}, nil
+}
+
+// Config returns the model's configuration.
+func (m *Model) Config() Config { return m.cfg }
+
+// Source of the expectation a window was scored against.
+const (
+	SourceAgent     = "agent"
+	SourcePeerGroup = "peer_group"
+)
+
+// Result is the scoring of one window. Z holds normal-equivalent upper-tail
+// z-scores (0 for features not scored or below expectation); callers may lower
+// entries (e.g. when the whole peer group moved together) before Finish.
+type Result struct {
+	Z        [features.NumFeatures]float64
+	Value    [features.NumFeatures]float64 // the observed value, in readable units
+	Expected [features.NumFeatures]float64 // what the baseline expected, same units
+	Scored   [features.NumFeatures]bool
+	Score    float64 // 0–100, set by Finish
+	P        float64 // combined tail probability, set by Finish
+	Cold     bool    // not scored: neither the agent nor its peer group is warm
+	// Sustained is the feature whose sustained deviation over consecutive
+	// windows (see Sustain) made the score, or -1; SustainedReason explains it.
+	Sustained       features.Feature
+	SustainedReason Reason
+	Source          string // SourceAgent or SourcePeerGroup
+	Windows         int    // windows behind the baseline used
+}
+
+// Reason explains one feature's part in a score.
+type Reason struct {
+	Feature      string  `json:"feature"`
+	Value        float64 `json:"value"`
+	Expected     float64 `json:"expected"`
+	Z            float64 `json:"z"`
+	Contribution float64 `json:"contribution"`
+}
+
+// effectiveTests is the multiple-testing factor for the most extreme feature.
+// Bonferroni over all 16 features would be needlessly strict: the features are
+// correlated (new targets, new-to-peers and distinct targets move together)
+// and the discrete ones sit at their floor (p = 1) in almost every normal
+// window, so about four independent chances to be extreme remain.
+const effectiveTests = 4
+
+// zMax caps z-scores: beyond it tail probabilities underflow and mean nothing.
+const zMax = 37
+
+// zFromP converts an upper-tail probability to a normal-equivalent z ≥ 0.
+func zFromP(p float64) float64 {
+	if p >= 0.5 {
+		return 0
+	}
+	if p <= 1e-300 {
+		return zMax
+	}
+	return math.Min(zMax, -distuv.UnitNormal.Quantile(p))
+}
+
+// pFromZ is the upper normal tail.
+func pFromZ(z float64) float64 { return 0.5 * math.Erfc(z/math.Sqrt2) }
+
+// Variance floors for the Gaussian features, in their transformed units:
+// a change smaller than this is never significant however steady the agent.
+var gaussFloor = [numGauss]float64{0.03, 0.1, 0.1, 0.15, 0.1}
+
+// Prior variances of the Gaussian features (see priorBlend): a factor of e in
+// bytes, latency or amount, a third of the range of the mix distance.
+var gaussPrior = [numGauss]float64{0.1, 1, 1, 1, 1}
+
+// gaussN is the number of events behind a Gaussian feature's window value.
+func gaussN(v *features.Vector, i int) float64 {
+	if f := gaussFeatures[i]; f != features.ActionMix {
+		return v.Trials[f]
+	}
+	return v.Value[features.EventCount]
+}
+
+// gaussValue transforms a feature value for its Gaussian model; ok is false
+// when the window does not carry the feature.
+func gaussValue(v *features.Vector, i int, mixJS float64) (float64, bool) {
+	switch f := gaussFeatures[i]; f {
+	case features.ActionMix:
+		return mixJS, mixJS >= 0
+	default:
+		if v.Trials[f] == 0 {
+			return 0, false
+		}
+		return math.Log1p(v.Value[f]), true
+	}
+}
+
+// Evaluate scores v against the agent's baseline a, falling back on and
+// blending with its peer group's baseline p (which may be nil). It fills res
+// except Score and P; call Finish after any adjustment of res.Z.
+func (m *Model) Evaluate(v *features.Vector, a, p *Baseline, res *Result) {
+	*res = Result{}
+	warmAgent := int(a.Windows) >= m.cfg.WarmWindows
+	warmPeer := p != nil && int(p.Windows) >= m.cfg.PeerMinWindows
+	if !warmAgent && !warmPeer {
+		res.Cold = true
+		res.Windows = int(a.Windows)
+		return
+	}
+	// Weight of the agent's own baseline against its peers'.
+	w := float64(a.Windows) / float64(a.Windows+uint32(m.cfg.WarmWindows))
+	if !warmPeer {
+		w = 1
+	}
+	res.Source, res.Windows = SourceAgent, int(a.Windows)
+	if !warmAgent {
+		res.Source, res.Windows = SourcePeerGroup, int(p.Windows)
+	}
+	blend := func(x, y float64) float64 {
+		if !warmPeer {
+			return x
+		}
+		return w*x + (1-w)*y
+	}
+
+	// Event count against the seasonal expectation for this hour.
+	s := slotOf(v.HourOfWeek)
+	mu, disp := m.expectedCount(a, p, s, warmPeer)
+	k := v.Value[features.EventCount]
+	res.set(features.EventCount, k, mu, zFromP(countTail(k, mu, disp)))
+
+	// Gaussian features, against the fast and (discounted) slow baselines.
+	js := m.mixDistance(v, a, p, warmPeer)
+	for i := range numGauss {
+		y, ok := gaussValue(v, i, js)
+		if !ok {
+			continue
+		}
+		f := gaussFeatures[i]
+		ga := &a.gauss[i]
+		mean, vr := float64(ga.mean), float64(ga.vr)
+		smean, svr := float64(ga.slowMean), float64(ga.slowVr)
+		n := float64(ga.n)
+		if warmPeer {
+			gp := &p.gauss[i]
+			w := n / (n + float64(m.cfg.WarmWindows))
+			pm, pv := float64(gp.mean), float64(gp.vr)
+			d := mean - pm
+			mean, vr = w*mean+(1-w)*pm, w*vr+(1-w)*pv+w*(1-w)*d*d
+			d = smean - float64(gp.slowMean)
+			smean, svr = w*smean+(1-w)*float64(gp.slowMean), w*svr+(1-w)*float64(gp.slowVr)+w*(1-w)*d*d
+			n = math.Max(n, float64(gp.n))
+		} else if ga.n < 2 {
+			continue // nothing to compare with yet
+		}
+		floor := gaussFloor[i] * gaussFloor[i]
+		h := sampling(gaussN(v, i))
+		vr, svr = h*priorBlend(vr, n, gaussPrior[i]), h*priorBlend(svr, n, gaussPrior[i])
+		z := (y - mean) / math.Sqrt(vr+floor)
+		if zs := 0.8 * (y - smean) / math.Sqrt(svr+floor); zs > z {
+			z = zs
+		}
+		val, exp := v.Value[f], math.Expm1(mean)
+		if f == features.ActionMix {
+			val, exp = y, mean
+		}
+		res.set(f, val, exp, z)
+	}
+
+	// First-seen counts. An agent's own novelty is meaningless while it is
+	// still discovering its normal targets, so it is gated until warm; novelty
+	// to the whole peer group is scored from the first window.
+	for i := range numRare {
+		f := rareFeatures[i]
+		if f != features.NewToPeers && !warmAgent {
+			continue
+		}
+		q, size := float64(a.rare[i].q), float64(a.rare[i].size)
+		if f == features.NewToPeers && warmPeer {
+			q, size = blend(q, float64(p.rare[i].q)), blend(size, float64(p.rare[i].size))
+		}
+		q = math.Max(q, 1e-3)
+		size = math.Max(size, 1.5)
+		kk := v.Value[f]
+		pt := 1.0
+		if kk > 0 {
+			g := math.Min(1-1/size, 0.85)
+			pt = q * math.Pow(g, kk-1)
+		}
+		res.set(f, kk, q*size, zFromP(pt))
+	}
+
+	// Shares (deny, error, restricted, weak auth): binomial with the agent's
+	// rate, a peer-group prior, and overdispersion.
+	for i := range numShare {
+		f := shareFeatures[i]
+		n := v.Trials[f]
+		if n == 0 {
+			continue
+		}
+		prior := 0.02
+		if warmPeer {
+			prior = (float64(p.share[i].k) + 0.2) / (float64(p.share[i].n) + 10)
+		}
+		rate := (float64(a.share[i].k) + 20*prior) / (float64(a.share[i].n) + 20)
+		rate = math.Min(0.98, math.Max(0.002, rate))
+		kk := v.Value[f]
+		res.set(f, kk/n, rate, zFromP(binomTail(kk, n, rate)))
+	}
+}
+
+func (r *Result) set(f features.Feature, value, expected, z float64) {
+	if z < 0 || math.IsNaN(z) {
+		z = 0
+	}
+	r.Z[f], r.Value[f], r.Expected[f], r.Scored[f] = math.Min(z, zMax), value, expected, true
+}
+
+// expectedCount returns the seasonal mean of the event count and the
+// negative-binomial dispersion, young baselines pulled toward a wide prior so
+// that a few quiet windows do not make every burst look alarming.
+func (m *Model) expectedCount(a, p *Baseline, s int, warmPeer bool) (mean, disp float64) {
+	mean = a.slotMean(s)
+	disp = a.dispersion()
+	if warmPeer {
+		w := float64(a.slotN[s]) / (float64(a.slotN[s]) + 4)
+		pm := p.slotMean(s)
+		pd := p.dispersion()
+		d := mean - pm
+		mean = w*mean + (1-w)*pm
+		// The disagreement between agent and peers widens the spread.
+		disp = w*disp + (1-w)*pd + w*(1-w)*d*d/(mean*mean+1)
+	}
+	return mean, disp
+}
+
+// countTail is P(X ≥ k) for a negative binomial with mean mu and dispersion
+// phi (variance mu + phi·mu²), Poisson when phi is negligible.
+func countTail(k, mu, phi float64) float64 {
+	if k <= mu || k < 1 {
+		return 1
+	}
+	mu = math.Max(mu, 1e-4)
+	if phi < 1e-4 {
+		return mathext.GammaIncReg(k, mu)
+	}
+	r := 1 / phi
+	return mathext.RegIncBeta(k, r, mu/(r+mu))
+}
+
+// Priors that keep a young baseline wide: each counts as priorWindows windows
+// of evidence, so it fades as the baseline learns.
+const (
+	priorWindows = 10
+	dispPrior    = 1
+)
+
+// priorBlend mixes a learned variance-like statistic x (from n windows) with
+// its prior.
+func priorBlend(x, n, prior float64) float64 {
+	return (n*x + priorWindows*prior) / (n + priorWindows)
+}
+
+// ExpectedCount returns the events the agent is expected to produce in a
+// window starting at hourOfWeek, and a count well above it (mean + 4 standard
+// deviations), for early decisions.
+func (m *Model) ExpectedCount(a, p *Baseline, hourOfWeek int) (mean, high float64) {
+	warmPeer := p != nil && int(p.Windows) >= m.cfg.PeerMinWindows
+	mean, disp := m.expectedCount(a, p, slotOf(hourOfWeek), warmPeer)
+	return mean, mean + 4*math.Sqrt(mean+disp*mean*mean+1)
+}
+
+// mixDistance is the Jensen–Shannon distance (square root of the divergence,
+// base 2, in [0, 1]) between the window's action mix and the agent's usual
+// mix (or its peers' while it has none). It is -1 when there is no usual mix.
+func (m *Model) mixDistance(v *features.Vector, a, p *Baseline, warmPeer bool) float64 {
+	ref := &a.mix
+	if a.mixN == 0 {
+		if !warmPeer || p.mixN == 0 {
+			return -1
+		}
+		ref = &p.mix
+	}
+	var tot float64
+	for _, c := range v.Actions {
+		tot += float64(c)
+	}
+	if tot == 0 {
+		return -1
+	}
+	var js float64
+	for i, c := range v.Actions {
+		x, y := float64(c)/tot, float64(ref[i])
+		mid := (x + y) / 2
+		if x > 0 {
+			js += x * math.Log2(x/mid)
+		}
+		if y > 0 {
+			js += y * math.Log2(y/mid)
+		}
+	}
+	return math.Sqrt(math.Max(0, js/2))
+}
+
+// binomTail is P(X ≥ k) for X ~ Binomial(n, p), with overdispersion: trials
+// within a window are correlated, so n is shrunk to an effective size.
+func binomTail(k, n, p float64) float64 {
+	if k <= 0 {
+		return 1
+	}
+	const rho = 0.02
+	ne := n / (1 + (n-1)*rho)
+	ke := k * ne / n
+	if ke <= ne*p {
+		return 0.5
+	}
+	if ne > 60 { // normal approximation with continuity correction
+		return pFromZ((ke - 0.5 - ne*p) / math.Sqrt(ne*p*(1-p)))
+	}
+	ni, ki := math.Round(ne), math.Round(ke)
+	if ki < 1 {
+		ki = 1
+	}
+	if ki > ni {
+		ni = ki
+	}
+	lg := func(x float64) float64 { v, _ := math.Lgamma(x); return v }
+	logTerm := lg(ni+1) - lg(ki+1) - lg(ni-ki+1) + ki*math.Log(p) + (ni-ki)*math.Log1p(-p)
+	term := math.Exp(logTerm)
+	sum := term
+	for j := ki; j < ni && term > sum*1e-12; j++ {
+		term *= (ni - j) / (j + 1) * p / (1 - p)
+		sum += term
+	}
+	return math.Min(1, sum)
+}
+
+// Finish combines res.Z into the tail probability and the 0–100 score.
+//
+// Two tests are combined with a Bonferroni correction: the most extreme single
+// feature (its tail probability times effectiveTests) and the joint
+// deviation Σz² of all features against a χ² distribution (several moderate
+// deviations together). Score = 10·(−log10 p), capped at 100: 60 means a
+// window this unusual is expected once in a million windows of a normal agent.
+// Scores are comparable across agents because they are probabilities.
+func (m *Model) Finish(res *Result) {
+	res.Sustained = -1
+	if res.Cold {
+		res.Score, res.P = 0, 1
+		return
+	}
+	var zmax, d2 float64
+	for _, z := range res.Z {
+		zmax = math.Max(zmax, z)
+		d2 += z * z
+	}
+	p := math.Min(1, effectiveTests*pFromZ(zmax))
+	if d2 > float64(features.NumFeatures) {
+		p = math.Min(p, m.chi2.Survival(d2))
+	}
+	p = math.Min(1, 2*p)
+	res.P = p
+	res.Score = 0
+	if p < 1 {
+		res.Score = math.Min(100, math.Max(0, -10*math.Log10(math.Max(p, 1e-300))))
+	}
+}
+
+// cusumK is the reference of the per-feature CUSUMs, in σ: windows whose z is
+// below it drain the sum, so only a deviation sustained above it accumulates.
+const cusumK = 1.5
+
+// sustainedFeatures are accumulated across windows by CUSUM: first-seen items
+// and the shares of denied, failed, restricted and weak-auth calls are rare
+// events whose per-window deviations are close to independent in normal
+// traffic. Volume, bytes, latency and the action mix are not (load comes in
+// bursts that span windows), so they are accumulated differently (event
+// count, hour by hour) or not at all.
+var sustainedFeatures = [...]features.Feature{
+	features.NewTargets, features.NewActions, features.NewCredentials, features.NewSources, features.NewToPeers,
+	features.DenyRate, features.ErrorRate, features.RestrictedShare, features.WeakAuthShare,
+}
+
+// minHours is how many complete hours an agent needs before its hour-level
+// count is scored.
+const minHours = 24
+
+// Sustain looks for deviations sustained over consecutive windows, which a
+// window alone scores too low: a slow lateral movement of one or two new
+// targets per window, a probe drawing a few denials at a time, an agent
+// running at five times its usual rate at an hour when it is usually quiet.
+// It raises res.Score when such a deviation is more significant than the
+// window alone, and sets res.Sustained.
+//
+//   - The features in sustainedFeatures feed one-sided CUSUMs (Page's test
+//     on z with reference cusumK; windows without events count as z = 0),
+//     whose tail is Wald's approximation for a Gaussian CUSUM, exp(−2·k·C).
+//   - The event count is summed over the hour so far and compared with the
+//     seasonal expectation for the whole hour under a negative binomial whose
+//     dispersion is learned from the agent's own complete hours, so an agent
+//     whose bursts span many windows does not alert for them.
+//
+// A sustained deviation only scores in a window that adds to it, so alerts
+// stop when the behaviour does. Call once per closed window, in window order,
+// after Finish and before Learn; never for a partial window.
+func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
+	if res.Cold {
+		return
+	}
+	idx := v.Index
+	drain := 0.0
+	if a.cusumIdx != 0 && idx > a.cusumIdx+1 {
+		drain = cusumK * float64(idx-a.cusumIdx-1)
+	}
+	a.cusumIdx = idx
+	best, bf := 0.0, features.Feature(-1)
+	var d2 float64
+	top := features.Feature(-1)
+	for i, f := range sustainedFeatures {
+		z := res.Z[f]
+		c := math.Max(0, float64(a.cusum[i])-drain+z-cusumK)
+		a.cusum[i] = float32(c)
+		if c > best && z > cusumK {
+			best, bf = c, f
+		}
+		d2 += z * z
+		if top < 0 || z > res.Z[top] {
+			top = f
+		}
+	}
+	// One more CUSUM on the joint deviation of those features (χ² of their
+	// z-scores as a normal z), for a probe spread over several of them: one new
+	// action here, a denial and a restricted read there.
+	zj := 0.0
+	if d2 > float64(len(sustainedFeatures)) {
+		zj = zFromP(m.chi2Sustained.Survival(d2))
+	}
+	cj := math.Max(0, float64(a.cusumJoint)-drain+zj-cusumK)
+	a.cusumJoint = float32(cj)
+	if cj > best && zj > cusumK {
+		best, bf = cj, top
+	}
+	p := 1.0
+	if bf >= 0 {
+		p = math.Min(1, 2*effectiveTests*math.Exp(-2*cusumK*best))
+	}
+
+	// The hour so far.
+	wph := int64(m.windowsPerHour)
+	if wph < 2 {
+		wph = 1
+	}
+	hour := floorDiv(idx, wph)
+	if hour != a.hourIdx {
+		if a.hourIdx != 0 && hour > a.hourIdx { // the previous hour is complete
+			mu := float64(a.hourM)
+			x := float64(a.hourX)
+			decay := 1 - ewma(uint32(a.hourN), m.alphaFast*float64(wph))
+			a.hourNum = float32(decay*float64(a.hourNum) + (x-mu)*(x-mu) - mu)
+			a.hourDen = float32(decay*float64(a.hourDen) + mu*mu)
+			if a.hourN < math.MaxUint16 {
+				a.hourN++
+			}
+		}
+		a.hourIdx, a.hourX = hour, 0
+	}
+	// The whole hour's expectation: the count so far can only grow, so its
+	// tail under the whole hour's distribution bounds the final p-value from
+	// above, and a burst early in the hour is not held against a partial
+	// expectation.
+	mu := float64(wph) * a.slotMean(slotOf(v.HourOfWeek))
+	a.hourM = float32(mu)
+	a.hourX += float32(v.Value[features.EventCount])
+	hourly := false
+	if a.hourN >= minHours && res.Z[features.EventCount] >= 1 {
+		phi := math.Max(math.Max(0, float64(a.hourNum))/math.Max(float64(a.hourDen), 1e-9), a.dispersion()/float64(wph))
+		if ph := math.Min(1, effectiveTests*countTail(float64(a.hourX), mu, phi)); ph < p {
+			p, bf, hourly = ph, features.EventCount, true
+		}
+	}
+	if bf < 0 {
+		return
+	}
+	if s := -10 * math.Log10(math.Max(p, 1e-300)); s > res.Score {
+		res.Score, res.P, res.Sustained = math.Min(100, s), p, bf
+		r := &res.SustainedReason
+		if hourly {
+			*r = Reason{Feature: "event_count_this_hour", Value: round(float64(a.hourX)), Expected: round(mu)}
+		} else {
+			*r = Reason{Feature: bf.String() + "_sustained", Value: round(best), Expected: 0}
+		}
+		r.Z = round(zFromP(p / effectiveTests))
+	}
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && (a < 0) != (b < 0) {
+		q--
+	}
+	return q
+}
+
+// ClearSustained restarts the agent's sustained-deviation sums, as after a
+// CUSUM signals: the alert has been raised, and what follows must accumulate
+// anew, so one odd window after an incident does not re-alert.
+func (b *Baseline) ClearSustained() {
+	clear(b.cusum[:])
+	b.cusumJoint = 0
+	b.hourX = 0
+}
+
+// Top returns the feature that explains res best: the sustained one if any,
+// else the one with the largest z.
+func (res *Result) Top() features.Feature {
+	if res.Sustained >= 0 {
+		return res.Sustained
+	}
+	top := features.Feature(0)
+	for f, z := range res.Z {
+		if z > res.Z[top] {
+			top = features.Feature(f)
+		}
+	}
+	return top
+}
+
+// Reasons appends the features behind res, most important first, up to max:
+// the sustained deviation if it made the score, then the window's features
+// with z ≥ 1. Contribution is each one's share of Σz².
+func (res *Result) Reasons(dst []Reason, max int) []Reason {
+	var d2 float64
+	for _, z := range res.Z {
+		d2 += z * z
+	}
+	start := len(dst)
+	if res.Sustained >= 0 {
+		sr := res.SustainedReason
+		d2 += sr.Z * sr.Z
+		sr.Contribution = round(sr.Z * sr.Z / d2)
+		dst = append(dst, sr)
+	}
+	from := len(dst)
+	for f, z := range res.Z {
+		if z < 1 || !res.Scored[f] {
+			continue
+		}
+		dst = append(dst, Reason{
+			Feature: features.Feature(f).String(), Value: round(res.Value[f]), Expected: round(res.Expected[f]),
+			Z: round(z), Contribution: round(z * z / d2),
+		})
+	}
+	out := dst[from:]
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Contribution > out[j].Contribution })
+	if len(dst)-start > max {
+		dst = dst[:start+max]
+	}
+	return dst
+}
+
+// round keeps 4 significant digits: reasons are for people.
+func round(x float64) float64 {
+	if x == 0 || math.IsInf(x, 0) || math.IsNaN(x) {
+		return 0
+	}
+	mag := math.Pow(10, 3-math.Floor(math.Log10(math.Abs(x))))
+	return math.Round(x*mag) / mag
+}
+
+// LearnWeight is the weight a window with the given score is learned at.
+func (m *Model) LearnWeight(score float64) float64 {
+	c := m.cfg
+	switch {
+	case score <= c.LearnBelow:
+		return 1
+	case score >= c.LearnAbove:
+		return c.MinLearnWeight
+	}
+	t := (score - c.LearnBelow) / (c.LearnAbove - c.LearnBelow)
+	return 1 - t*(1-c.MinLearnWeight)
+}
+
+// Learn updates the agent's baseline a with window v at the given weight
+// (0–1, from LearnWeight), and the peer group's p (may be nil). Windows must be
+// learned in increasing order per baseline; windows between the last learned
+// one and v count as empty for the seasonal model.
+func (m *Model) Learn(v *features.Vector, a, p *Baseline, weight float64) {
+	js := m.mixDistance(v, a, p, p != nil && p.Windows > 0)
+	m.learn(v, a, weight, js, m.alphaSlot, true)
+	if p != nil {
+		m.learn(v, p, weight, js, m.alphaPeerS, false)
+	}
+}
+
+func (m *Model) learn(v *features.Vector, b *Baseline, weight, js, slotAlpha float64, zeroFill bool) {
+	if weight <= 0 {
+		return
+	}
+	// Empty windows since the last one learned (at most a week of them).
+	if zeroFill && b.Windows > 0 && v.Index > b.LastIndex+1 {
+		from := max(b.LastIndex+1, v.Index-int64(168*m.windowsPerHour))
+		size := int64(m.cfg.WindowSize)
+		for idx := from; idx < v.Index; idx++ {
+			b.learnCount(slotOf(features.HourOfWeek(idx*size)), 0, slotAlpha, m.alphaFast, 1)
+		}
+	}
+	if v.Index > b.LastIndex || b.Windows == 0 {
+		b.LastIndex = v.Index
+	}
+	n := b.Windows
+	a := ewma(n, m.alphaFast) * weight
+
+	b.learnCount(slotOf(v.HourOfWeek), v.Value[features.EventCount], slotAlpha, m.alphaFast, weight)
+	for i := range numGauss {
+		if y, ok := gaussValue(v, i, js); ok {
+			b.gauss[i].update(y, gaussN(v, i), m.alphaFast, m.alphaSlow, weight)
+		}
+	}
+	for i := range numRare {
+		r := &b.rare[i]
+		k := v.Value[rareFeatures[i]]
+		hit := 0.0
+		if k > 0 {
+			hit = 1
+			r.size += float32(a * (k - float64(r.size)))
+			if r.size == 0 || n == 0 {
+				r.size = float32(k)
+			}
+		}
+		r.q += float32(a * (hit - float64(r.q)))
+	}
+	decay := 1 - a
+	for i := range numShare {
+		f := shareFeatures[i]
+		sh := &b.share[i]
+		sh.k = float32(decay*float64(sh.k) + weight*v.Value[f])
+		sh.n = float32(decay*float64(sh.n) + weight*v.Trials[f])
+	}
+	var tot float64
+	for _, c := range v.Actions {
+		tot += float64(c)
+	}
+	if tot > 0 {
+		am := ewma(uint32(b.mixN), m.alphaFast) * weight
+		for i, c := range v.Actions {
+			b.mix[i] += float32(am * (float64(c)/tot - float64(b.mix[i])))
+		}
+		if b.mixN < 1e6 {
+			b.mixN++
+		}
+	}
+	if b.Windows < math.MaxUint32 {
+		b.Windows++
+	}
+}

@@ -1,0 +1,310 @@
+package models
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/vigil-sec/vigil/features"
+)
+
+const win = int64(5 * time.Minute)
+
+// monday is 2026-03-02T00:00:00Z, a Monday, as a window index.
+var monday = time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC).UnixNano() / win
+
+func newModel(t *testing.T) *Model {
+	t.Helper()
+	m, err := New(DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// vec builds a plain window: n events, all allow/ok/mtls, bytes_out per event
+// given, one action bucket.
+func vec(idx int64, n, bytesOut float64) features.Vector {
+	v := features.Vector{Index: idx, Start: idx * win, End: (idx + 1) * win}
+	v.HourOfWeek = features.HourOfWeek(v.Start)
+	v.Value[features.EventCount] = n
+	v.Value[features.DistinctTargets] = math.Min(n, 3)
+	for _, f := range shareFeatures {
+		v.Trials[f] = n
+	}
+	v.Value[features.BytesOut], v.Trials[features.BytesOut] = bytesOut, n
+	v.Actions[0] = uint16(n)
+	return v
+}
+
+func score(m *Model, v *features.Vector, a, p *Baseline) Result {
+	var r Result
+	m.Evaluate(v, a, p, &r)
+	m.Finish(&r)
+	return r
+}
+
+// A model fed log(bytes_out) ~ N(μ, σ) must score a 6σ point high and a 1σ
+// point low.
+func TestGaussianKnownDistribution(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		mu, sigma float64
+	}{
+		{"small", 6, 0.5},
+		{"large", 12, 1},
+		{"tight", 9, 0.3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newModel(t)
+			rng := rand.New(rand.NewPCG(1, 2))
+			var a Baseline
+			idx := monday
+			for range 3000 {
+				y := tc.mu + tc.sigma*rng.NormFloat64()
+				v := vec(idx, 20, math.Expm1(y))
+				m.Learn(&v, &a, nil, 1)
+				idx++
+			}
+			at := func(k float64) Result {
+				v := vec(idx, 20, math.Expm1(tc.mu+k*tc.sigma))
+				return score(m, &v, &a, nil)
+			}
+			hi, lo := at(6), at(1)
+			sd := math.Sqrt(tc.sigma*tc.sigma + gaussFloor[1]*gaussFloor[1])
+			wantZ := 6 * tc.sigma / sd
+			if z := hi.Z[features.BytesOut]; math.Abs(z-wantZ) > 0.25*wantZ {
+				t.Errorf("6σ point: z = %.2f, want ≈ %.2f", z, wantZ)
+			}
+			if hi.Score < 50 {
+				t.Errorf("6σ point scored %.1f, want ≥ 50", hi.Score)
+			}
+			if lo.Score > 10 {
+				t.Errorf("1σ point scored %.1f, want ≤ 10", lo.Score)
+			}
+			if lo.Z[features.BytesOut] > 1.3 {
+				t.Errorf("1σ point z = %.2f, want ≤ 1.3", lo.Z[features.BytesOut])
+			}
+		})
+	}
+}
+
+// A business-hours agent (active 09–17 on weekdays, silent otherwise) learns
+// that: a busy 10:00 window is normal, the same traffic at 03:00 is not.
+func TestSeasonalPatternLearned(t *testing.T) {
+	m := newModel(t)
+	rng := rand.New(rand.NewPCG(3, 4))
+	var a Baseline
+	perDay := int64(24 * time.Hour / time.Duration(win))
+	weeks := int64(3)
+	for idx := monday; idx < monday+7*perDay*weeks; idx++ {
+		how := features.HourOfWeek(idx * win)
+		day, hour := how/24, how%24
+		if day >= 5 || hour < 9 || hour >= 17 {
+			continue // silent: no window at all
+		}
+		n := 30 + 5*rng.NormFloat64()
+		v := vec(idx, math.Round(n), 2000)
+		m.Learn(&v, &a, nil, 1)
+	}
+	next := monday + 7*perDay*weeks // Monday again
+	busy := vec(next+10*12, 30, 2000)
+	night := vec(next+3*12, 30, 2000)
+	weekend := vec(next+5*perDay+11*12, 30, 2000)
+	rb, rn, rw := score(m, &busy, &a, nil), score(m, &night, &a, nil), score(m, &weekend, &a, nil)
+	if rb.Score > 20 {
+		t.Errorf("busy weekday 10:00 window scored %.1f, want low", rb.Score)
+	}
+	if rn.Score < 80 {
+		t.Errorf("same traffic at 03:00 scored %.1f, want ≥ 80 (expected %.2f events)", rn.Score, rn.Expected[features.EventCount])
+	}
+	if rw.Score < 80 {
+		t.Errorf("same traffic on Saturday 11:00 scored %.1f, want ≥ 80", rw.Score)
+	}
+	if e := rb.Expected[features.EventCount]; math.Abs(e-30) > 5 {
+		t.Errorf("expected count at 10:00 = %.1f, want ≈ 30", e)
+	}
+}
+
+// A nightly batch job is normal at night.
+func TestNightlyBatchNormal(t *testing.T) {
+	m := newModel(t)
+	var a Baseline
+	perDay := int64(24 * time.Hour / time.Duration(win))
+	for idx := monday; idx < monday+14*perDay; idx++ {
+		if h := features.HourOfWeek(idx*win) % 24; h >= 1 && h < 4 {
+			v := vec(idx, 200, 5e6)
+			m.Learn(&v, &a, nil, 1)
+		}
+	}
+	night := vec(monday+14*perDay+2*12, 210, 5e6)
+	noon := vec(monday+14*perDay+12*12, 210, 5e6)
+	if r := score(m, &night, &a, nil); r.Score > 20 {
+		t.Errorf("batch at 02:00 scored %.1f, want low", r.Score)
+	}
+	if r := score(m, &noon, &a, nil); r.Score < 80 {
+		t.Errorf("batch at 12:00 scored %.1f, want high", r.Score)
+	}
+}
+
+// A new agent is scored against its warm peer group from its first window;
+// an agent new in a cold group is not scored.
+func TestPeerGroupAndColdStart(t *testing.T) {
+	m := newModel(t)
+	var peer Baseline
+	var a Baseline
+	rng := rand.New(rand.NewPCG(5, 6))
+	for i := range int64(400) {
+		v := vec(monday+i, 20, math.Expm1(8+0.3*rng.NormFloat64()))
+		var scratch Baseline
+		m.Learn(&v, &scratch, &peer, 1)
+	}
+	normal := vec(monday+400, 20, math.Expm1(8))
+	r := score(m, &normal, &a, &peer)
+	if r.Cold || r.Source != SourcePeerGroup {
+		t.Fatalf("new agent: cold=%v source=%q, want scored against peer_group", r.Cold, r.Source)
+	}
+	if r.Score > 20 {
+		t.Errorf("new agent behaving like its peers scored %.1f", r.Score)
+	}
+	odd := vec(monday+400, 20, math.Expm1(12))
+	if r := score(m, &odd, &a, &peer); r.Score < 60 {
+		t.Errorf("new agent moving 50× its peers' bytes scored %.1f, want ≥ 60", r.Score)
+	}
+	var coldPeer Baseline
+	if r := score(m, &odd, &a, &coldPeer); !r.Cold || r.Score != 0 {
+		t.Errorf("young agent in a cold group: cold=%v score=%.1f, want not scored", r.Cold, r.Score)
+	}
+}
+
+// A slow ramp learned at the rate an attacker would like still shows against
+// the slow anchor, and anomalous windows are learned at a small weight.
+func TestSlowRampAndLearnWeight(t *testing.T) {
+	m := newModel(t)
+	rng := rand.New(rand.NewPCG(7, 8))
+	var a Baseline
+	idx := monday
+	for range 4000 {
+		v := vec(idx, 20, math.Expm1(8+0.3*rng.NormFloat64()))
+		m.Learn(&v, &a, nil, 1)
+		idx++
+	}
+	// Ramp log(bytes) up by 3 (20×) over 3 days, each window learned with the
+	// weight the policy gives its score.
+	steps := 3 * 288
+	var last Result
+	for i := range steps {
+		y := 8 + 3*float64(i)/float64(steps) + 0.3*rng.NormFloat64()
+		v := vec(idx, 20, math.Expm1(y))
+		last = score(m, &v, &a, nil)
+		m.Learn(&v, &a, nil, m.LearnWeight(last.Score))
+		idx++
+	}
+	end := vec(idx, 20, math.Expm1(11))
+	if r := score(m, &end, &a, nil); r.Z[features.BytesOut] < 4 {
+		t.Errorf("after a 3-day ramp to 20×, z = %.2f; the slow anchor should keep it ≥ 4", r.Z[features.BytesOut])
+	}
+	if w := m.LearnWeight(90); w > 0.1 {
+		t.Errorf("LearnWeight(90) = %v, want small", w)
+	}
+	if w := m.LearnWeight(10); w != 1 {
+		t.Errorf("LearnWeight(10) = %v, want 1", w)
+	}
+}
+
+// First-seen items: a warm agent that rarely sees new targets scores ten new
+// targets high and one low.
+func TestRareNovelty(t *testing.T) {
+	m := newModel(t)
+	var a Baseline
+	for i := range int64(2000) {
+		v := vec(monday+i, 20, 1000)
+		if i%200 == 0 {
+			v.Value[features.NewTargets] = 1
+		}
+		m.Learn(&v, &a, nil, 1)
+	}
+	one := vec(monday+2000, 20, 1000)
+	one.Value[features.NewTargets] = 1
+	ten := one
+	ten.Value[features.NewTargets] = 10
+	ten.Value[features.NewToPeers] = 10
+	if r := score(m, &one, &a, nil); r.Score >= 40 {
+		t.Errorf("one new target scored %.1f, want < 40", r.Score)
+	}
+	if r := score(m, &ten, &a, nil); r.Score < 60 {
+		t.Errorf("ten new targets (new to peers too) scored %.1f, want ≥ 60", r.Score)
+	}
+}
+
+func TestBinomTail(t *testing.T) {
+	for _, tc := range []struct {
+		k, n, p float64
+		lo, hi  float64
+	}{
+		{0, 10, 0.1, 1, 1},
+		{1, 10, 0.01, 0.07, 0.11},     // 1-(0.99)^10 ≈ 0.096, less with overdispersion
+		{5, 10, 0.01, 1e-9, 1e-6},     // ≈ 2.4e-8, more with overdispersion
+		{500, 1000, 0.01, 0, 1e-20},   // hopeless under the null
+		{10, 1000, 0.01, 0.3, 0.7},    // at the mean
+		{1000, 1000, 0.98, 1e-9, 0.5}, // rate near its cap
+	} {
+		got := binomTail(tc.k, tc.n, tc.p)
+		if got < tc.lo || got > tc.hi {
+			t.Errorf("binomTail(%v, %v, %v) = %g, want in [%g, %g]", tc.k, tc.n, tc.p, got, tc.lo, tc.hi)
+		}
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mod  func(*Config)
+	}{
+		{"window", func(c *Config) { c.WindowSize = 0 }},
+		{"fast", func(c *Config) { c.FastHalfLife = time.Second }},
+		{"slow", func(c *Config) { c.SlowHalfLife = time.Hour }},
+		{"warm", func(c *Config) { c.WarmWindows = 0 }},
+		{"learn", func(c *Config) { c.LearnBelow = 90 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			tc.mod(&c)
+			if c.Validate() == nil {
+				t.Error("invalid config accepted")
+			}
+		})
+	}
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func BenchmarkEvaluateFinish(b *testing.B) {
+	m, _ := New(DefaultConfig())
+	var a, p Baseline
+	for i := range int64(500) {
+		v := vec(monday+i, 20, 1000)
+		m.Learn(&v, &a, &p, 1)
+	}
+	v := vec(monday+500, 25, 1200)
+	v.Value[features.DenyRate] = 1
+	var r Result
+	b.ReportAllocs()
+	for b.Loop() {
+		m.Evaluate(&v, &a, &p, &r)
+		m.Finish(&r)
+	}
+}
+
+func BenchmarkLearn(b *testing.B) {
+	m, _ := New(DefaultConfig())
+	var a, p Baseline
+	v := vec(monday, 20, 1000)
+	b.ReportAllocs()
+	for b.Loop() {
+		v.Index++
+		m.Learn(&v, &a, &p, 1)
+	}
+}
