@@ -1,0 +1,52 @@
+# vigil — see README.md. `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(HOME)/go/bin:$(PATH)
+GO ?= go
+BIN := bin/vigil
+DEMO_DIR ?= $(or $(TMPDIR),/tmp)/vigil-demo
+
+.PHONY: all build test test-unit test-race vet fmt-check demo bench bench-speed bench-quality fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/vigil
+
+## test: everything CI checks (formatting, vet, unit + integration tests, race detector).
+test: fmt-check vet
+	$(GO) test -count=1 ./...
+	$(GO) test -count=1 -race ./detector/...
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+## demo: simulate a fleet with incidents, replay it through the detector, score the result.
+demo: build
+	@mkdir -p $(DEMO_DIR)
+	@echo "== simulating a fleet (events and labelled incidents in $(DEMO_DIR))"
+	$(BIN) simulate --out $(DEMO_DIR)/events.jsonl --truth $(DEMO_DIR)/truth.jsonl
+	@echo "== replaying it through vigil (alerts in $(DEMO_DIR)/alerts.jsonl)"
+	$(BIN) replay --input $(DEMO_DIR)/events.jsonl --show-bad 5 > $(DEMO_DIR)/alerts.jsonl
+	@echo "== the first alerts"
+	@head -n 3 $(DEMO_DIR)/alerts.jsonl
+	@echo "== detection quality against the labelled incidents"
+	$(GO) run ./bench/quality --truth $(DEMO_DIR)/truth.jsonl --alerts $(DEMO_DIR)/alerts.jsonl
+
+## bench: speed and memory benchmarks, then the detection-quality benchmark.
+bench: bench-speed bench-quality
+
+bench-speed:
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./features ./models ./bench
+
+bench-quality:
+	$(GO) run ./bench/quality
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./features
+
+clean:
+	rm -rf bin

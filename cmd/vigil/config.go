@@ -1,0 +1,49 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/vigil-sec/vigil/detector"
+)
+
+// errUsage means flag parsing already printed what was wrong.
+var errUsage = errors.New("usage")
+
+// Config is vigil's one configuration file. Every field is optional; absent
+// fields keep the defaults that `vigil config` would print.
+type Config struct {
+	Detector detector.Config `yaml:"detector"`
+}
+
+// DefaultConfig returns the configuration used when there is no file.
+func DefaultConfig() Config {
+	return Config{Detector: detector.DefaultConfig()}
+}
+
+// loadConfig reads path over the defaults; an empty path means defaults only.
+// Unknown fields are errors, so a typo never silently keeps a default.
+func loadConfig(path string) (Config, error) {
+	cfg := DefaultConfig()
+	if path == "" {
+		return cfg, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := cfg.Detector.Validate(); err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}

@@ -1,0 +1,57 @@
+// Command vigil is the streaming behavioural anomaly detector for machine
+// identities. See the README for the subcommands.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+var version = "dev"
+
+const usage = `vigil — behavioural anomaly detection for machine identities
+
+Usage:
+  vigil replay   --input FILE|- [--config FILE]   score a JSONL event file, alerts to stdout
+  vigil simulate [--out FILE] [--truth FILE] ...  write a synthetic fleet with labelled incidents
+  vigil version                                   print the version
+
+Run "vigil COMMAND --help" for a command's flags.
+`
+
+func main() { os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr)) }
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch args[0] {
+	case "replay":
+		err = runReplay(ctx, args[1:], stdin, stdout, stderr)
+	case "simulate":
+		err = runSimulate(ctx, args[1:], stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "vigil", version)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "vigil: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if err != nil {
+		if err == errUsage {
+			return 2
+		}
+		fmt.Fprintln(stderr, "vigil:", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,99 @@
+package detector
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/vigil-sec/vigil/models"
+)
+
+// ConfigError names the invalid configuration field.
+type ConfigError struct {
+	Field string
+	Msg   string
+}
+
+func (e *ConfigError) Error() string { return fmt.Sprintf("config: %s: %s", e.Field, e.Msg) }
+
+// Config configures a Pipeline. Start from DefaultConfig.
+type Config struct {
+	// AllowedLateness is how far behind the newest event time an event may
+	// arrive and still join its window. Later events are counted as late.
+	// Must be shorter than the window.
+	AllowedLateness time.Duration `yaml:"allowed_lateness"`
+	// DedupHorizon is how long (event time) an event_id is remembered.
+	DedupHorizon time.Duration `yaml:"dedup_horizon"`
+	// DedupCapacity bounds remembered ids per half-horizon generation.
+	DedupCapacity int `yaml:"dedup_capacity"`
+	// AgentSeenSlots sizes each agent's first-seen set (per generation; 4
+	// bytes a slot, two generations). Holds up to 3/4 of it per generation.
+	AgentSeenSlots int `yaml:"agent_seen_slots"`
+	// PeerSeenSlots sizes each peer group's first-seen set.
+	PeerSeenSlots int `yaml:"peer_seen_slots"`
+	// Policy decides severities and what is emitted.
+	Policy Policy `yaml:"policy"`
+	// Model holds learning and scoring parameters, window size included.
+	Model models.Config `yaml:"model"`
+}
+
+// Policy turns scores into alerts.
+type Policy struct {
+	// InfoScore, WarningScore, CriticalScore are the score thresholds.
+	InfoScore     float64 `yaml:"info_score"`
+	WarningScore  float64 `yaml:"warning_score"`
+	CriticalScore float64 `yaml:"critical_score"`
+	// PersistWindows consecutive windows at warning make the last critical.
+	PersistWindows int `yaml:"persist_windows"`
+	// MinSeverity is the least severe alert emitted.
+	MinSeverity Severity `yaml:"min_severity"`
+	// EarlyDecisions lets a severe deviation fire while its window is still
+	// open (at critical only), instead of at the window's end.
+	EarlyDecisions bool `yaml:"early_decisions"`
+	// MaxReasons bounds the reasons attached to an alert.
+	MaxReasons int `yaml:"max_reasons"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		AllowedLateness: time.Minute,
+		DedupHorizon:    time.Hour,
+		DedupCapacity:   1 << 18,
+		AgentSeenSlots:  128,
+		PeerSeenSlots:   8192,
+		Policy: Policy{
+			InfoScore: 40, WarningScore: 60, CriticalScore: 80,
+			PersistWindows: 2, MinSeverity: SeverityWarning, EarlyDecisions: true, MaxReasons: 5,
+		},
+		Model: models.DefaultConfig(),
+	}
+}
+
+// Validate reports the first invalid field.
+func (c Config) Validate() error {
+	if err := c.Model.Validate(); err != nil {
+		return &ConfigError{Field: "model", Msg: err.Error()}
+	}
+	p := c.Policy
+	switch {
+	case c.AllowedLateness < 0 || c.AllowedLateness >= c.Model.WindowSize:
+		return &ConfigError{"allowed_lateness", fmt.Sprintf("%v: want ≥ 0 and below the window size %v", c.AllowedLateness, c.Model.WindowSize)}
+	case c.DedupHorizon < 0:
+		return &ConfigError{"dedup_horizon", "must be ≥ 0"}
+	case c.DedupCapacity < 16:
+		return &ConfigError{"dedup_capacity", "want ≥ 16"}
+	case c.AgentSeenSlots < 16 || c.AgentSeenSlots > 1<<16:
+		return &ConfigError{"agent_seen_slots", "want 16 to 65536"}
+	case c.PeerSeenSlots < 16 || c.PeerSeenSlots > 1<<24:
+		return &ConfigError{"peer_seen_slots", "want 16 to 16777216"}
+	case !(0 <= p.InfoScore && p.InfoScore <= p.WarningScore && p.WarningScore <= p.CriticalScore && p.CriticalScore <= 100):
+		return &ConfigError{"policy", "want 0 ≤ info_score ≤ warning_score ≤ critical_score ≤ 100"}
+	case p.PersistWindows < 1:
+		return &ConfigError{"policy.persist_windows", "want ≥ 1"}
+	case p.MinSeverity < SeverityInfo:
+		return &ConfigError{"policy.min_severity", "want info, warning or critical"}
+	case p.MaxReasons < 1:
+		return &ConfigError{"policy.max_reasons", "want ≥ 1"}
+	}
+	return nil
+}

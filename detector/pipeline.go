@@ -1,0 +1,436 @@
+package detector
+
+import (
+	"errors"
+	"time"
+
+	"github.com/vigil-sec/vigil/features"
+	"github.com/vigil-sec/vigil/models"
+)
+
+// ErrLate is returned by Process for an event whose window has already
+// closed (it arrived later than the allowed lateness). It is counted, and the
+// caller routes it like any rejected event.
+var ErrLate = errors.New("event later than the allowed lateness")
+
+// ReasonLate is the rejection reason of a late event.
+const ReasonLate features.Reason = "late"
+
+// Stats counts what a Pipeline did. All counts are cumulative.
+type Stats struct {
+	Events      int64                     // accepted into a window
+	Duplicates  int64                     // dropped as redelivered (same event_id)
+	Late        int64                     // rejected: window already closed
+	Invalid     map[features.Reason]int64 // rejected by the decoder, by reason
+	Windows     int64                     // agent windows closed
+	ColdWindows int64                     // closed but not scored (cold start)
+	Alerts      map[Severity]int64        // alerts emitted, by severity
+	Early       int64                     // alerts emitted before their window closed
+	Agents      int                       // agents known
+	Classes     int                       // peer groups known
+	FirstTS     int64                     // earliest event time seen
+	MaxTS       int64                     // newest event time seen
+}
+
+// agent is the state of one agent. It is owned by one Pipeline.
+type agent struct {
+	id      string
+	class   *class
+	seen    features.SeenSet
+	base    models.Baseline
+	win     [2]features.Window // windows i and i+1 may be open at once
+	open    [2]bool
+	persist int   // consecutive windows at warning or above
+	lastIdx int64 // last window scored
+	// Early-decision triggers for the open windows: recheck when crossed.
+	nextN, nextNew, nextBad [2]uint32
+}
+
+// class is the state of one peer group.
+type class struct {
+	name string
+	seen features.SeenSet
+	base models.Baseline
+	// Per-close scratch: agents closing now, and how many show each novelty.
+	closing int
+	novel   [features.NumFeatures]int
+}
+
+// closing is one window being closed.
+type closing struct {
+	a   *agent
+	v   features.Vector
+	res models.Result
+}
+
+// Pipeline runs decode → dedup → window → score → policy for one stream of
+// events in event-time order (one Kafka partition, or a replayed file). It is
+// synchronous and not safe for concurrent use: the streaming runtime gives
+// each partition its own Pipeline, owned by one goroutine.
+type Pipeline struct {
+	cfg     Config
+	size    int64
+	late    int64
+	model   *models.Model
+	dec     features.Decoder
+	ev      features.Event
+	dedup   *features.Dedup
+	agents  map[string]*agent
+	classes map[string]*class
+	// Windows are aligned to a global grid, so every open window has index
+	// closed+1 or closed+2; bucket[i%4] lists the agents with window i open.
+	closed    int64
+	bucket    [4][]*agent
+	bucketIdx [4]int64
+	batch     []closing
+	classBuf  []byte
+	reasons   []models.Reason
+	stats     Stats
+	onAlert   func(*Alert)
+	onWindow  func(*WindowScore)
+	started   bool
+}
+
+// NewPipeline returns a pipeline that calls onAlert for every alert, in the
+// goroutine that calls Process or Flush. The Alert is the callee's to keep.
+func NewPipeline(cfg Config, onAlert func(*Alert)) (*Pipeline, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	m, err := models.New(cfg.Model)
+	if err != nil {
+		return nil, err
+	}
+	return &Pipeline{
+		cfg: cfg, size: int64(cfg.Model.WindowSize), late: int64(cfg.AllowedLateness), model: m,
+		dedup:   features.NewDedup(int64(cfg.DedupHorizon), cfg.DedupCapacity),
+		agents:  make(map[string]*agent),
+		classes: make(map[string]*class),
+		stats:   Stats{Invalid: make(map[features.Reason]int64), Alerts: make(map[Severity]int64)},
+		onAlert: onAlert,
+	}, nil
+}
+
+// WindowScore is the outcome of one closed agent window: its features and
+// scoring, for analysts (ClickHouse) and for explaining decisions. The
+// pointers are valid only during the callback.
+type WindowScore struct {
+	AgentID    string
+	AgentClass string
+	Vector     *features.Vector
+	Result     *models.Result
+	Severity   Severity
+}
+
+// OnWindow sets a callback for every closed window (nil: none). Call before
+// the first Process.
+func (p *Pipeline) OnWindow(f func(*WindowScore)) { p.onWindow = f }
+
+// Stats returns a copy of the counters.
+func (p *Pipeline) Stats() Stats {
+	s := p.stats
+	s.Invalid = make(map[features.Reason]int64, len(p.stats.Invalid))
+	for k, v := range p.stats.Invalid {
+		s.Invalid[k] = v
+	}
+	s.Alerts = make(map[Severity]int64, len(p.stats.Alerts))
+	for k, v := range p.stats.Alerts {
+		s.Alerts[k] = v
+	}
+	s.Agents, s.Classes = len(p.agents), len(p.classes)
+	return s
+}
+
+// Process handles one encoded event. It returns an error wrapping
+// features.ErrInvalidEvent for input that breaks the contract, or ErrLate;
+// both are counted. Duplicates are counted and return nil.
+func (p *Pipeline) Process(raw []byte) error {
+	e := &p.ev
+	if err := p.dec.Decode(raw, e); err != nil {
+		var fe *features.FieldError
+		if errors.As(err, &fe) {
+			p.stats.Invalid[fe.Reason]++
+		}
+		return err
+	}
+	if p.dedup.Seen(e.EventID, e.TS) {
+		p.stats.Duplicates++
+		return nil
+	}
+	idx := features.WindowIndex(e.TS, p.size)
+	if p.started && idx <= p.closed {
+		p.stats.Late++
+		return ErrLate
+	}
+	if !p.started {
+		p.started = true
+		p.closed = idx - 1
+		p.stats.FirstTS, p.stats.MaxTS = e.TS, e.TS
+	}
+	if e.TS < p.stats.FirstTS {
+		p.stats.FirstTS = e.TS
+	}
+	if e.TS > p.stats.MaxTS {
+		p.stats.MaxTS = e.TS
+		p.advance(p.stats.MaxTS)
+	}
+	a := p.agent(e)
+	s := int(idx & 1)
+	w := &a.win[s]
+	if a.open[s] && w.Index != idx { // defensive: cannot happen while lateness < window
+		p.closeOne(a, s)
+	}
+	if !a.open[s] {
+		p.openWindow(a, s, idx)
+	}
+	flags, bucket := features.Observe(e, &a.seen, &a.class.seen)
+	w.Add(e, flags, bucket)
+	p.stats.Events++
+	if p.cfg.Policy.EarlyDecisions {
+		p.early(a, s, e.TS)
+	}
+	return nil
+}
+
+func (p *Pipeline) agent(e *features.Event) *agent {
+	if a, ok := p.agents[string(e.AgentID)]; ok {
+		return a
+	}
+	name := e.AgentClass
+	if len(name) == 0 {
+		p.classBuf = features.DeriveClass(p.classBuf[:0], e.AgentID)
+		name = p.classBuf
+	}
+	c, ok := p.classes[string(name)]
+	if !ok {
+		c = &class{name: string(name), seen: features.NewSeenSet(p.cfg.PeerSeenSlots)}
+		p.classes[c.name] = c
+	}
+	a := &agent{id: string(e.AgentID), class: c, seen: features.NewSeenSet(p.cfg.AgentSeenSlots), lastIdx: -1 << 62}
+	p.agents[a.id] = a
+	return a
+}
+
+func (p *Pipeline) openWindow(a *agent, s int, idx int64) {
+	a.win[s].Reset(idx)
+	a.open[s] = true
+	b := int(idx & 3)
+	if p.bucketIdx[b] != idx {
+		p.bucketIdx[b] = idx
+		p.bucket[b] = p.bucket[b][:0]
+	}
+	p.bucket[b] = append(p.bucket[b], a)
+	_, high := p.model.ExpectedCount(&a.base, &a.class.base, features.HourOfWeek(idx*p.size))
+	a.nextN[s] = uint32(max(high, 4)) + 1
+	a.nextNew[s], a.nextBad[s] = 3, 4
+}
+
+// early rechecks an open window when one of its monotone counters crosses its
+// trigger, and fires a critical alert at once if the partial window already
+// scores critical. Each trigger doubles after a check, so a window is
+// rechecked O(log n) times.
+func (p *Pipeline) early(a *agent, s int, ts int64) {
+	w := &a.win[s]
+	var novel uint32
+	for _, n := range w.New[:4] {
+		novel += uint32(n)
+	}
+	bad := w.Deny + w.Weak
+	if w.N < a.nextN[s] && novel < a.nextNew[s] && bad < a.nextBad[s] {
+		return
+	}
+	for w.N >= a.nextN[s] {
+		a.nextN[s] *= 2
+	}
+	for novel >= a.nextNew[s] {
+		a.nextNew[s] *= 2
+	}
+	for bad >= a.nextBad[s] {
+		a.nextBad[s] *= 2
+	}
+	c := p.scratch(1)
+	c.a, c.v = a, w.Vector(p.size)
+	p.model.Evaluate(&c.v, &a.base, &a.class.base, &c.res)
+	p.model.Finish(&c.res)
+	if c.res.Score < p.cfg.Policy.CriticalScore {
+		return
+	}
+	p.alert(c, SeverityCritical, ts, true)
+}
+
+func (p *Pipeline) scratch(n int) *closing {
+	if cap(p.batch) < n {
+		p.batch = append(p.batch[:cap(p.batch)], make([]closing, n-cap(p.batch)+n)...)
+	}
+	p.batch = p.batch[:n]
+	return &p.batch[n-1]
+}
+
+// advance closes every window that ends at or before the watermark
+// (newest event time − allowed lateness).
+func (p *Pipeline) advance(maxTS int64) {
+	upTo := features.WindowIndex(maxTS-p.late, p.size) - 1
+	for p.closed < upTo {
+		// The next window to close is the smallest open one (time may jump).
+		next := upTo
+		for b := range p.bucket {
+			if i := p.bucketIdx[b]; i > p.closed && i < next && len(p.bucket[b]) > 0 {
+				next = i
+			}
+		}
+		p.closeIndex(next)
+		p.closed = next
+	}
+}
+
+// Flush closes every open window, as at the end of a replay.
+func (p *Pipeline) Flush() {
+	if !p.started {
+		return
+	}
+	p.advance(p.stats.MaxTS + p.late + 2*p.size)
+}
+
+// closeIndex closes all agents' windows with index idx, as one batch so that
+// each agent can be compared with its peers in the same window.
+func (p *Pipeline) closeIndex(idx int64) {
+	b := int(idx & 3)
+	if p.bucketIdx[b] != idx || len(p.bucket[b]) == 0 {
+		return
+	}
+	agents := p.bucket[b]
+	p.batch = p.batch[:0]
+	for _, a := range agents {
+		s := int(idx & 1)
+		if !a.open[s] || a.win[s].Index != idx {
+			continue
+		}
+		c := p.scratch(len(p.batch) + 1)
+		c.a, c.v = a, a.win[s].Vector(p.size)
+		p.model.Evaluate(&c.v, &a.base, &a.class.base, &c.res)
+		a.open[s] = false
+	}
+	p.corroborate(p.batch)
+	for i := range p.batch {
+		p.decide(&p.batch[i], idx)
+	}
+	p.bucket[b] = agents[:0]
+}
+
+func (p *Pipeline) closeOne(a *agent, s int) {
+	c := p.scratch(1)
+	c.a, c.v = a, a.win[s].Vector(p.size)
+	p.model.Evaluate(&c.v, &a.base, &a.class.base, &c.res)
+	a.open[s] = false
+	p.decide(c, c.v.Index)
+}
+
+// corroborate discounts first-seen features that a good part of a peer group
+// shows in the same window: a fleet-wide deployment moves every agent of a
+// class to a new service at once, a compromised agent moves alone. A feature
+// is corroborated when at least 3 agents and a quarter of the group's agents
+// closing now show it; its z is then capped at 1.5 for the whole group. (An
+// attacker controlling a quarter of a class at once escapes this one signal,
+// not the others.)
+func (p *Pipeline) corroborate(batch []closing) {
+	for i := range batch {
+		c := batch[i].a.class
+		c.closing = 0
+		clear(c.novel[:])
+	}
+	for i := range batch {
+		c := batch[i].a.class
+		c.closing++
+		for _, f := range novelFeatures {
+			if batch[i].v.Value[f] > 0 {
+				c.novel[f]++
+			}
+		}
+	}
+	for i := range batch {
+		c := batch[i].a.class
+		res := &batch[i].res
+		for _, f := range novelFeatures {
+			if n := c.novel[f]; n >= 3 && 4*n >= c.closing && res.Z[f] > 1.5 {
+				res.Z[f] = 1.5
+				if f != features.NewToPeers && res.Z[features.NewToPeers] > 1.5 {
+					res.Z[features.NewToPeers] = 1.5
+				}
+			}
+		}
+	}
+}
+
+var novelFeatures = [...]features.Feature{features.NewTargets, features.NewActions, features.NewCredentials, features.NewSources, features.NewToPeers}
+
+// decide applies the policy to a closed window and learns from it.
+func (p *Pipeline) decide(c *closing, idx int64) {
+	a := c.a
+	p.stats.Windows++
+	p.model.Finish(&c.res)
+	p.model.Sustain(&a.base, &c.v, &c.res)
+	if c.res.Cold {
+		p.stats.ColdWindows++
+	}
+	pol := &p.cfg.Policy
+	score := c.res.Score
+	if score >= pol.WarningScore {
+		if a.lastIdx == idx-1 {
+			a.persist++
+		} else {
+			a.persist = 1
+		}
+	} else {
+		a.persist = 0
+	}
+	a.lastIdx = idx
+	sev := SeverityNone
+	switch {
+	case score >= pol.CriticalScore:
+		sev = SeverityCritical
+	case score >= pol.WarningScore && a.persist >= pol.PersistWindows:
+		sev = SeverityCritical
+	case score >= pol.WarningScore:
+		sev = SeverityWarning
+	case score >= pol.InfoScore:
+		sev = SeverityInfo
+	}
+	if sev >= pol.MinSeverity {
+		p.alert(c, sev, max(p.stats.MaxTS, c.v.End), false)
+		if c.res.Sustained >= 0 {
+			a.base.ClearSustained()
+		}
+	}
+	if p.onWindow != nil {
+		p.onWindow(&WindowScore{AgentID: a.id, AgentClass: a.class.name, Vector: &c.v, Result: &c.res, Severity: sev})
+	}
+	p.model.Learn(&c.v, &a.base, &a.class.base, p.model.LearnWeight(score))
+}
+
+// alert emits one alert for c unless one of the same kind was already emitted
+// for this window (early), which keeps alert ids unique per agent+window+kind.
+func (p *Pipeline) alert(c *closing, sev Severity, at int64, early bool) {
+	p.reasons = c.res.Reasons(p.reasons[:0], p.cfg.Policy.MaxReasons)
+	kind := kindOf(c.res.Top())
+	w := &c.a.win[c.v.Index&1]
+	bit := kindBit(kind)
+	if w.Index == c.v.Index && w.Flags&bit != 0 {
+		return
+	}
+	w.Flags |= bit
+	if early {
+		p.stats.Early++
+	}
+	p.stats.Alerts[sev]++
+	al := &Alert{
+		AlertID: AlertID(c.a.id, c.v.Start, kind), AgentID: c.a.id, AgentClass: c.a.class.name,
+		WindowStart: time.Unix(0, c.v.Start).UTC(), WindowEnd: time.Unix(0, c.v.End).UTC(),
+		DetectedAt: time.Unix(0, at).UTC(),
+		Score:      float64(int(c.res.Score*10+0.5)) / 10, Severity: sev, Kind: kind,
+		Reasons:  append([]models.Reason(nil), p.reasons...),
+		Baseline: Baseline{Source: c.res.Source, Windows: c.res.Windows},
+	}
+	if p.onAlert != nil {
+		p.onAlert(al)
+	}
+}
