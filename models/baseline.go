@@ -68,11 +68,15 @@ type Baseline struct {
 	// Negative-binomial dispersion φ (variance = μ + φμ²; 0 for Poisson
 	// traffic) as a ratio of decayed sums: Σ((x−μ)² − μ) / Σμ².
 	dispNum, dispDen float32
-	mix              [features.ActionBuckets]float32
-	mixN             float32
-	cusum            [len(sustainedFeatures)]float32 // sustained-deviation sums (agents only)
-	cusumJoint       float32                         // sum on their joint deviation
-	cusumIdx         int64                           // window of the last Sustain
+	// Decayed shares of windows by how far their count was above the
+	// seasonal expectation: bucket i holds (x+1)/(μ+1) in [2^i, 2^(i+1)).
+	ratio      [8]float32
+	tail       [numGauss][2]float32 // decayed shares of windows with z ≥ 4 and z ≥ 6
+	mix        [features.ActionBuckets]float32
+	mixN       float32
+	cusum      [len(sustainedFeatures)]float32 // sustained-deviation sums (agents only)
+	cusumJoint float32                         // sum on their joint deviation
+	cusumIdx   int64                           // window of the last Sustain
 	// The current hour's event count so far and its expectation, and the
 	// dispersion of complete hours (decayed sums, as for windows).
 	hourIdx          int64
@@ -146,11 +150,61 @@ func (b *Baseline) learnCount(s int, x, slotAlpha, a, w float64) {
 		decay := 1 - a
 		b.dispNum = float32(decay*float64(b.dispNum) + w*((x-m)*(x-m)-m))
 		b.dispDen = float32(decay*float64(b.dispDen) + w*m*m)
+		bk := ratioBucket(x, m)
+		for i := range b.ratio {
+			b.ratio[i] *= float32(1 - a*w)
+		}
+		b.ratio[bk] += float32(a * w)
 	}
 	b.slots[s].update(x, math.Max(slotAlpha, 1/float64(int(b.slotN[s])+1))*w)
 	if b.slotN[s] < 255 {
 		b.slotN[s]++
 	}
+}
+
+// tailBucket is the exceedance bucket of a Gaussian z: -1 below 4, 0 for
+// [4, 6), 1 from 6.
+func tailBucket(z float64) int {
+	switch {
+	case z >= 6:
+		return 1
+	case z >= 4:
+		return 0
+	}
+	return -1
+}
+
+// learnTail decays feature i's exceedance shares by w and adds w to every
+// bucket up to bk (a z of 7 is also a z of at least 4).
+func (b *Baseline) learnTail(i, bk int, w float64) {
+	for j := range b.tail[i] {
+		t := float64(b.tail[i][j]) * (1 - w)
+		if j <= bk {
+			t += w
+		}
+		b.tail[i][j] = float32(t)
+	}
+}
+
+// ratioBucket is ⌊log2((x+1)/(μ+1))⌋ clamped to the histogram.
+func ratioBucket(x, mu float64) int {
+	r := (x + 1) / (mu + 1)
+	if r < 2 {
+		return 0
+	}
+	return min(len(Baseline{}.ratio)-1, int(math.Log2(r)))
+}
+
+// ratioTail is the share of the agent's windows whose count was at least as
+// far above its seasonal expectation as x is above mu (by whole powers of
+// two): how often this agent has done this before, whatever a parametric
+// tail says. Bursty agents have a fat one; regular agents have none.
+func (b *Baseline) ratioTail(x, mu float64) float64 {
+	var t float64
+	for i := ratioBucket(x, mu); i < len(b.ratio); i++ {
+		t += float64(b.ratio[i])
+	}
+	return t
 }
 
 // dispersion is φ with a prior worth priorWindows windows of μ² = 1 and

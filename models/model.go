@@ -121,9 +121,10 @@ type Result struct {
 	Value    [features.NumFeatures]float64 // the observed value, in readable units
 	Expected [features.NumFeatures]float64 // what the baseline expected, same units
 	Scored   [features.NumFeatures]bool
-	Score    float64 // 0–100, set by Finish
-	P        float64 // combined tail probability, set by Finish
-	Cold     bool    // not scored: neither the agent nor its peer group is warm
+	Score    float64           // 0–100, set by Finish
+	P        float64           // combined tail probability, set by Finish
+	Cold     bool              // not scored: neither the agent nor its peer group is warm
+	gz       [numGauss]float64 // raw Gaussian z of the Gaussian features, for tail learning
 	// Sustained is the feature whose sustained deviation over consecutive
 	// windows (see Sustain) made the score, or -1; SustainedReason explains it.
 	Sustained       features.Feature
@@ -227,7 +228,13 @@ func (m *Model) Evaluate(v *features.Vector, a, p *Baseline, res *Result) {
 	s := slotOf(v.HourOfWeek)
 	mu, disp := m.expectedCount(a, p, s, warmPeer)
 	k := v.Value[features.EventCount]
-	res.set(features.EventCount, k, mu, zFromP(countTail(k, mu, disp)))
+	pc := countTail(k, mu, disp)
+	if k > mu {
+		// An agent that has often been this far above its expectation
+		// (bursts) is not surprising, whatever the negative binomial says.
+		pc = math.Max(pc, a.ratioTail(k, mu))
+	}
+	res.set(features.EventCount, k, mu, zFromP(pc))
 
 	// Gaussian features, against the fast and (discounted) slow baselines.
 	js := m.mixDistance(v, a, p, warmPeer)
@@ -257,12 +264,25 @@ func (m *Model) Evaluate(v *features.Vector, a, p *Baseline, res *Result) {
 		h := sampling(gaussN(v, i))
 		vr, svr = h*priorBlend(vr, n, gaussPrior[i]), h*priorBlend(svr, n, gaussPrior[i])
 		z := (y - mean) / math.Sqrt(vr+floor)
-		if zs := 0.8 * (y - smean) / math.Sqrt(svr+floor); zs > z {
-			z = zs
-		}
 		val, exp := v.Value[f], math.Expm1(mean)
 		if f == features.ActionMix {
 			val, exp = y, mean
+		}
+		res.gz[i] = z
+		// A spike away from the fast baseline that this agent or its peers
+		// have shown before is less surprising than the Gaussian says: the
+		// observed share of windows that spiked this far bounds the tail
+		// probability from below. A drift away from the slow anchor without
+		// such a spike (a slow ramp) gets no such allowance.
+		zs := 0.8 * (y - smean) / math.Sqrt(svr+floor)
+		if b := tailBucket(z); b >= 0 {
+			pt := math.Max(pFromZ(math.Max(z, zs)), float64(a.tail[i][b]))
+			if warmPeer {
+				pt = math.Max(pt, float64(p.tail[i][b]))
+			}
+			z = zFromP(pt)
+		} else if zs > z {
+			z = zs
 		}
 		res.set(f, val, exp, z)
 	}
@@ -473,12 +493,14 @@ const cusumK = 1.5
 // sustainedFeatures are accumulated across windows by CUSUM: first-seen items
 // and the shares of denied, failed, restricted and weak-auth calls are rare
 // events whose per-window deviations are close to independent in normal
-// traffic. Volume, bytes, latency and the action mix are not (load comes in
-// bursts that span windows), so they are accumulated differently (event
-// count, hour by hour) or not at all.
+// traffic, and bytes out and money per call are what exfiltration and fraud
+// push up for as long as they last. Volume, bytes in, latency and the action
+// mix move with load, which comes in bursts that span windows, so they are
+// accumulated differently (event count, hour by hour) or not at all.
 var sustainedFeatures = [...]features.Feature{
 	features.NewTargets, features.NewActions, features.NewCredentials, features.NewSources, features.NewToPeers,
 	features.DenyRate, features.ErrorRate, features.RestrictedShare, features.WeakAuthShare,
+	features.BytesOut, features.Amount,
 }
 
 // minHours is how many complete hours an agent needs before its hour-level
@@ -680,30 +702,53 @@ func (m *Model) LearnWeight(score float64) float64 {
 	return 1 - t*(1-c.MinLearnWeight)
 }
 
-// Learn updates the agent's baseline a with window v at the given weight
+// Learn updates the agent's baseline a with window v (scored as res, which
+// may be nil) at the given weight
 // (0–1, from LearnWeight), and the peer group's p (may be nil). Windows must be
 // learned in increasing order per baseline; windows between the last learned
 // one and v count as empty for the seasonal model.
-func (m *Model) Learn(v *features.Vector, a, p *Baseline, weight float64) {
-	js := m.mixDistance(v, a, p, p != nil && p.Windows > 0)
-	m.learn(v, a, weight, js, m.alphaSlot, true)
-	if p != nil {
-		m.learn(v, p, weight, js, m.alphaPeerS, false)
-	}
-}
-
-func (m *Model) learn(v *features.Vector, b *Baseline, weight, js, slotAlpha float64, zeroFill bool) {
+func (m *Model) Learn(v *features.Vector, res *Result, a, p *Baseline, weight float64) {
 	if weight <= 0 {
 		return
 	}
-	// Empty windows since the last one learned (at most a week of them).
-	if zeroFill && b.Windows > 0 && v.Index > b.LastIndex+1 {
-		from := max(b.LastIndex+1, v.Index-int64(168*m.windowsPerHour))
-		size := int64(m.cfg.WindowSize)
-		for idx := from; idx < v.Index; idx++ {
-			b.learnCount(slotOf(features.HourOfWeek(idx*size)), 0, slotAlpha, m.alphaFast, 1)
+	// Tails learn even from alerting windows (at a quarter of the weight, at
+	// the slow rate): after a rare-but-normal deviation has paged once, the
+	// agent and its peers are known to do it.
+	if res != nil && !res.Cold {
+		tw := math.Max(weight, 0.25) * m.alphaSlow
+		for i := range numGauss {
+			if !res.Scored[gaussFeatures[i]] {
+				continue
+			}
+			bk := tailBucket(res.gz[i])
+			a.learnTail(i, bk, tw)
+			if p != nil {
+				p.learnTail(i, bk, tw)
+			}
 		}
 	}
+	// The agent's empty windows since the last one learned (at most a week of
+	// them) count as zero events, for the agent and for its peer group: a
+	// group's seasonal profile is the mean count per agent, silence included.
+	if a.Windows > 0 && v.Index > a.LastIndex+1 {
+		from := max(a.LastIndex+1, v.Index-int64(168*m.windowsPerHour))
+		size := int64(m.cfg.WindowSize)
+		for idx := from; idx < v.Index; idx++ {
+			s := slotOf(features.HourOfWeek(idx * size))
+			a.learnCount(s, 0, m.alphaSlot, m.alphaFast, 1)
+			if p != nil {
+				p.learnCount(s, 0, m.alphaPeerS, m.alphaFast, 1)
+			}
+		}
+	}
+	js := m.mixDistance(v, a, p, p != nil && p.Windows > 0)
+	m.learn(v, a, weight, js, m.alphaSlot)
+	if p != nil {
+		m.learn(v, p, weight, js, m.alphaPeerS)
+	}
+}
+
+func (m *Model) learn(v *features.Vector, b *Baseline, weight, js, slotAlpha float64) {
 	if v.Index > b.LastIndex || b.Windows == 0 {
 		b.LastIndex = v.Index
 	}

@@ -64,7 +64,7 @@ func TestGaussianKnownDistribution(t *testing.T) {
 			for range 3000 {
 				y := tc.mu + tc.sigma*rng.NormFloat64()
 				v := vec(idx, 20, math.Expm1(y))
-				m.Learn(&v, &a, nil, 1)
+				m.Learn(&v, nil, &a, nil, 1)
 				idx++
 			}
 			at := func(k float64) Result {
@@ -106,7 +106,7 @@ func TestSeasonalPatternLearned(t *testing.T) {
 		}
 		n := 30 + 5*rng.NormFloat64()
 		v := vec(idx, math.Round(n), 2000)
-		m.Learn(&v, &a, nil, 1)
+		m.Learn(&v, nil, &a, nil, 1)
 	}
 	next := monday + 7*perDay*weeks // Monday again
 	busy := vec(next+10*12, 30, 2000)
@@ -135,7 +135,7 @@ func TestNightlyBatchNormal(t *testing.T) {
 	for idx := monday; idx < monday+14*perDay; idx++ {
 		if h := features.HourOfWeek(idx*win) % 24; h >= 1 && h < 4 {
 			v := vec(idx, 200, 5e6)
-			m.Learn(&v, &a, nil, 1)
+			m.Learn(&v, nil, &a, nil, 1)
 		}
 	}
 	night := vec(monday+14*perDay+2*12, 210, 5e6)
@@ -158,7 +158,7 @@ func TestPeerGroupAndColdStart(t *testing.T) {
 	for i := range int64(400) {
 		v := vec(monday+i, 20, math.Expm1(8+0.3*rng.NormFloat64()))
 		var scratch Baseline
-		m.Learn(&v, &scratch, &peer, 1)
+		m.Learn(&v, nil, &scratch, &peer, 1)
 	}
 	normal := vec(monday+400, 20, math.Expm1(8))
 	r := score(m, &normal, &a, &peer)
@@ -187,7 +187,7 @@ func TestSlowRampAndLearnWeight(t *testing.T) {
 	idx := monday
 	for range 4000 {
 		v := vec(idx, 20, math.Expm1(8+0.3*rng.NormFloat64()))
-		m.Learn(&v, &a, nil, 1)
+		m.Learn(&v, nil, &a, nil, 1)
 		idx++
 	}
 	// Ramp log(bytes) up by 3 (20×) over 3 days, each window learned with the
@@ -198,7 +198,7 @@ func TestSlowRampAndLearnWeight(t *testing.T) {
 		y := 8 + 3*float64(i)/float64(steps) + 0.3*rng.NormFloat64()
 		v := vec(idx, 20, math.Expm1(y))
 		last = score(m, &v, &a, nil)
-		m.Learn(&v, &a, nil, m.LearnWeight(last.Score))
+		m.Learn(&v, &last, &a, nil, m.LearnWeight(last.Score))
 		idx++
 	}
 	end := vec(idx, 20, math.Expm1(11))
@@ -223,7 +223,7 @@ func TestRareNovelty(t *testing.T) {
 		if i%200 == 0 {
 			v.Value[features.NewTargets] = 1
 		}
-		m.Learn(&v, &a, nil, 1)
+		m.Learn(&v, nil, &a, nil, 1)
 	}
 	one := vec(monday+2000, 20, 1000)
 	one.Value[features.NewTargets] = 1
@@ -286,7 +286,7 @@ func BenchmarkEvaluateFinish(b *testing.B) {
 	var a, p Baseline
 	for i := range int64(500) {
 		v := vec(monday+i, 20, 1000)
-		m.Learn(&v, &a, &p, 1)
+		m.Learn(&v, nil, &a, &p, 1)
 	}
 	v := vec(monday+500, 25, 1200)
 	v.Value[features.DenyRate] = 1
@@ -305,6 +305,6 @@ func BenchmarkLearn(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		v.Index++
-		m.Learn(&v, &a, &p, 1)
+		m.Learn(&v, nil, &a, &p, 1)
 	}
 }

@@ -150,16 +150,23 @@ func (a *agent) segment() {
 	for _, e := range a.effects {
 		if e.start <= mid && mid < e.end {
 			a.cur = e
+			// An incident is at least minIncidentRate calls an hour: an agent
+			// that exfiltrates or probes with one call an hour does not show
+			// the behaviour its label claims, whatever its usual rate.
 			if e.kind == KindOffHours {
-				rate = max(rate, e.absRate)
+				rate = max(rate, e.absRate, minIncidentRate)
 			} else {
-				rate = max(rate, 0.3*a.spec.peak*a.scale) * e.rateMul
+				rate = max(rate, 0.3*a.spec.peak*a.scale, minIncidentRate/e.rateMul) * e.rateMul
 			}
 			break
 		}
 	}
 	a.segEnd, a.rate = end, rate
 }
+
+// minIncidentRate is the least activity (events/hour) of an agent during a
+// malicious incident.
+const minIncidentRate = 30
 
 // nextBurst schedules the next burst of a bursty agent: mostly in the daytime, every
 // five hours on average, 15–60 minutes long.
