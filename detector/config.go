@@ -97,3 +97,21 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
+
+// Severity is the severity of a window with the given score that is the
+// persist-th consecutive window at warning or above: critical at
+// CriticalScore, or at WarningScore when it has persisted PersistWindows
+// windows; warning at WarningScore; info at InfoScore.
+func (p *Policy) Severity(score float64, persist int) Severity {
+	switch {
+	case score >= p.CriticalScore:
+		return SeverityCritical
+	case score >= p.WarningScore && persist >= p.PersistWindows:
+		return SeverityCritical
+	case score >= p.WarningScore:
+		return SeverityWarning
+	case score >= p.InfoScore:
+		return SeverityInfo
+	}
+	return SeverityNone
+}

@@ -38,7 +38,7 @@ type agent struct {
 	class   *class
 	seen    features.SeenSet
 	base    models.Baseline
-	win     [2]features.Window // windows i and i+1 may be open at once
+	win     *[2]features.Window // windows i and i+1 may be open at once; nil while idle
 	open    [2]bool
 	persist int   // consecutive windows at warning or above
 	lastIdx int64 // last window scored
@@ -83,6 +83,7 @@ type Pipeline struct {
 	bucket    [4][]*agent
 	bucketIdx [4]int64
 	batch     []closing
+	freeWins  []*[2]features.Window
 	classBuf  []byte
 	reasons   []models.Reason
 	stats     Stats
@@ -175,6 +176,13 @@ func (p *Pipeline) Process(raw []byte) error {
 		p.advance(p.stats.MaxTS)
 	}
 	a := p.agent(e)
+	if a.win == nil {
+		if n := len(p.freeWins); n > 0 {
+			a.win, p.freeWins = p.freeWins[n-1], p.freeWins[:n-1]
+		} else {
+			a.win = new([2]features.Window)
+		}
+	}
 	s := int(idx & 1)
 	w := &a.win[s]
 	if a.open[s] && w.Index != idx { // defensive: cannot happen while lateness < window
@@ -313,8 +321,27 @@ func (p *Pipeline) closeIndex(idx int64) {
 	p.corroborate(p.batch)
 	for i := range p.batch {
 		p.decide(&p.batch[i], idx)
+		p.release(p.batch[i].a)
 	}
 	p.bucket[b] = agents[:0]
+}
+
+// maxFreeWins bounds the free list of window pairs (432 bytes each): enough
+// to open windows without allocating in steady state, without keeping a
+// pair for every agent after a fleet-wide burst.
+const maxFreeWins = 4096
+
+// release returns an agent's window pair to the free list once neither window
+// is open, so an idle agent holds only its baselines and first-seen set.
+func (p *Pipeline) release(a *agent) {
+	if a.open[0] || a.open[1] || a.win == nil {
+		return
+	}
+	if len(p.freeWins) < maxFreeWins {
+		*a.win = [2]features.Window{}
+		p.freeWins = append(p.freeWins, a.win)
+	}
+	a.win = nil
 }
 
 func (p *Pipeline) closeOne(a *agent, s int) {
@@ -323,6 +350,7 @@ func (p *Pipeline) closeOne(a *agent, s int) {
 	p.model.Evaluate(&c.v, &a.base, &a.class.base, &c.res)
 	a.open[s] = false
 	p.decide(c, c.v.Index)
+	p.release(a)
 }
 
 // corroborate discounts first-seen features that a good part of a peer group
@@ -384,17 +412,7 @@ func (p *Pipeline) decide(c *closing, idx int64) {
 		a.persist = 0
 	}
 	a.lastIdx = idx
-	sev := SeverityNone
-	switch {
-	case score >= pol.CriticalScore:
-		sev = SeverityCritical
-	case score >= pol.WarningScore && a.persist >= pol.PersistWindows:
-		sev = SeverityCritical
-	case score >= pol.WarningScore:
-		sev = SeverityWarning
-	case score >= pol.InfoScore:
-		sev = SeverityInfo
-	}
+	sev := pol.Severity(score, a.persist)
 	if sev >= pol.MinSeverity {
 		p.alert(c, sev, max(p.stats.MaxTS, c.v.End), false)
 		if c.res.Sustained >= 0 {

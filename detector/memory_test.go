@@ -1,0 +1,41 @@
+package detector
+
+import (
+	"fmt"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// BenchmarkIdleAgentMemory reports the heap held per idle agent: each agent
+// sent a few events, its windows closed, and it now only holds its baseline
+// and first-seen set. Agents arrive spread over a day, a few hundred per
+// window, as a fleet does.
+func BenchmarkIdleAgentMemory(b *testing.B) {
+	const agents = 20000
+	for b.Loop() {
+		p, err := NewPipeline(DefaultConfig(), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		ts := t0
+		for i := range agents {
+			for j := range 3 {
+				e := ev{id: fmt.Sprintf("%d-%d", i, j), agent: fmt.Sprintf("spiffe://bank.example/agent/a-%06d", i),
+					class: fmt.Sprintf("class-%d", i%20), target: fmt.Sprintf("t%d", j), action: "op", ts: ts, bytesOut: 100}
+				if err := p.Process([]byte(e.json())); err != nil {
+					b.Fatal(err)
+				}
+				ts = ts.Add(1500 * time.Millisecond)
+			}
+		}
+		p.Flush()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/agents, "bytes/agent")
+		runtime.KeepAlive(p)
+	}
+}

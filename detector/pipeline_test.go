@@ -1,0 +1,268 @@
+package detector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vigil-sec/vigil/features"
+)
+
+var t0 = time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC) // a Monday
+
+type ev struct {
+	id, agent, class, target, action, decision string
+	ts                                         time.Time
+	bytesOut                                   int
+}
+
+func (e ev) json() string {
+	if e.decision == "" {
+		e.decision = "allow"
+	}
+	if e.class == "" {
+		e.class = "worker"
+	}
+	return fmt.Sprintf(`{"event_id":%q,"ts":%q,"agent_id":%q,"agent_class":%q,"target_id":%q,"action":%q,"decision":%q,"status":"ok","bytes_out":%d,"auth":"mtls","attested":true}`,
+		e.id, e.ts.UTC().Format(time.RFC3339Nano), e.agent, e.class, e.target, e.action, e.decision, e.bytesOut)
+}
+
+// fleet writes n agents' steady traffic (about perHour events an hour each,
+// to their usual three targets) from start for d, in time order.
+func fleet(n int, perHour float64, start time.Time, d time.Duration, seed uint64) []ev {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	var out []ev
+	gap := time.Duration(float64(time.Hour) / (perHour * float64(n)))
+	i := 0
+	for ts := start; ts.Before(start.Add(d)); ts = ts.Add(time.Duration(rng.ExpFloat64() * float64(gap))) {
+		a := rng.IntN(n)
+		out = append(out, ev{
+			id: fmt.Sprintf("e%d-%d", seed, i), agent: fmt.Sprintf("spiffe://bank.example/agent/worker-%02d", a),
+			target: fmt.Sprintf("svc-%d", rng.IntN(3)), action: fmt.Sprintf("op.%d", rng.IntN(2)),
+			ts: ts, bytesOut: 800 + rng.IntN(400),
+		})
+		i++
+	}
+	return out
+}
+
+func run(t *testing.T, cfg Config, events []ev) ([]*Alert, *Pipeline) {
+	t.Helper()
+	var alerts []*Alert
+	p, err := NewPipeline(cfg, func(a *Alert) { alerts = append(alerts, a) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range events {
+		if err := p.Process([]byte(e.json())); err != nil {
+			t.Fatalf("event %s: %v", e.id, err)
+		}
+	}
+	p.Flush()
+	return alerts, p
+}
+
+// Steady agents raise nothing; one that suddenly calls twenty targets it never
+// used, many times a minute, is alerted critical before its window closes.
+func TestPipelineDetectsLateralMovementEarly(t *testing.T) {
+	events := fleet(8, 60, t0, 4*24*time.Hour, 1)
+	quiet, _ := run(t, DefaultConfig(), events)
+	if len(quiet) != 0 {
+		t.Errorf("steady fleet raised %d alerts, first: %+v", len(quiet), quiet[0])
+	}
+
+	attack := t0.Add(4*24*time.Hour + 10*time.Hour + 90*time.Second)
+	victim := "spiffe://bank.example/agent/worker-03"
+	more := fleet(8, 60, t0.Add(4*24*time.Hour), 12*time.Hour, 2)
+	var mixed []ev
+	for i := range 40 {
+		mixed = append(mixed, ev{id: fmt.Sprintf("atk-%d", i), agent: victim, target: fmt.Sprintf("core-%d", i%20),
+			action: "admin.export", ts: attack.Add(time.Duration(i) * 3 * time.Second), bytesOut: 900})
+	}
+	all := merge(append(events, more...), mixed)
+	alerts, p := run(t, DefaultConfig(), all)
+	var hit *Alert
+	for _, a := range alerts {
+		if a.AgentID == victim {
+			hit = a
+			break
+		}
+		t.Errorf("alert on a steady agent: %+v", a)
+	}
+	if hit == nil {
+		t.Fatalf("no alert on the attacked agent; stats %+v", p.Stats())
+	}
+	t.Logf("alert: %s %s score %.1f detected %v reasons %+v", hit.Severity, hit.Kind, hit.Score, hit.DetectedAt, hit.Reasons)
+	if hit.Severity != SeverityCritical || hit.Kind != KindNovelAccess {
+		t.Errorf("alert severity %v kind %q, want critical novel_access", hit.Severity, hit.Kind)
+	}
+	if !hit.DetectedAt.Before(hit.WindowEnd) {
+		t.Errorf("detected at %v, not before its window ends at %v: early decision did not fire", hit.DetectedAt, hit.WindowEnd)
+	}
+	if d := hit.DetectedAt.Sub(attack); d > 2*time.Minute {
+		t.Errorf("detected %v after the attack began, want within 2m of event time", d)
+	}
+	if len(hit.Reasons) == 0 || hit.Reasons[0].Z < 3 {
+		t.Errorf("reasons %+v: want a ranked, significant first reason", hit.Reasons)
+	}
+	seen := map[string]bool{}
+	for _, a := range alerts {
+		if seen[a.AlertID] {
+			t.Errorf("alert id %s emitted twice", a.AlertID)
+		}
+		seen[a.AlertID] = true
+	}
+}
+
+func merge(a, b []ev) []ev {
+	out := append(append([]ev(nil), a...), b...)
+	// insertion by time is enough for test sizes
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && out[j].ts.Before(out[j-1].ts); j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out
+}
+
+func TestPipelineLateDuplicateInvalid(t *testing.T) {
+	p, err := NewPipeline(DefaultConfig(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := ev{id: "a", agent: "agent-1", target: "t", action: "x", ts: t0}
+	must := func(e ev, want error) {
+		t.Helper()
+		err := p.Process([]byte(e.json()))
+		if (want == nil) != (err == nil) || (want != nil && !errors.Is(err, want)) {
+			t.Fatalf("event %s: got %v, want %v", e.id, err, want)
+		}
+	}
+	must(base, nil)
+	must(base, nil) // duplicate: dropped, counted, not an error
+	b := base
+	b.id, b.ts = "b", t0.Add(20*time.Minute) // closes the first window
+	must(b, nil)
+	c := base
+	c.id, c.ts = "c", t0.Add(30*time.Second) // its window closed: late
+	must(c, ErrLate)
+	d := base
+	d.id, d.ts = "d", t0.Add(20*time.Minute-30*time.Second) // within allowed lateness
+	must(d, nil)
+	if err := p.Process([]byte(`{"event_id":"x"}`)); !errors.Is(err, features.ErrInvalidEvent) {
+		t.Fatalf("invalid event: %v", err)
+	}
+	s := p.Stats()
+	if s.Events != 3 || s.Duplicates != 1 || s.Late != 1 || s.Invalid[features.ReasonMissingField] != 1 {
+		t.Errorf("stats %+v", s)
+	}
+	if s.Windows != 1 {
+		t.Errorf("windows closed %d, want 1", s.Windows)
+	}
+}
+
+func TestPolicySeverity(t *testing.T) {
+	pol := DefaultConfig().Policy
+	for _, tc := range []struct {
+		score   float64
+		persist int
+		want    Severity
+	}{
+		{0, 0, SeverityNone},
+		{39.9, 0, SeverityNone},
+		{40, 0, SeverityInfo},
+		{60, 1, SeverityWarning},
+		{60, 2, SeverityCritical},
+		{79, 1, SeverityWarning},
+		{80, 0, SeverityCritical},
+		{100, 5, SeverityCritical},
+	} {
+		if got := pol.Severity(tc.score, tc.persist); got != tc.want {
+			t.Errorf("Severity(%v, %d) = %v, want %v", tc.score, tc.persist, got, tc.want)
+		}
+	}
+}
+
+func TestAlertIDStable(t *testing.T) {
+	a := AlertID("agent-1", t0.UnixNano(), KindVolume)
+	if a != AlertID("agent-1", t0.UnixNano(), KindVolume) || len(a) != 32 {
+		t.Fatalf("alert id %q not stable or not 32 hex digits", a)
+	}
+	for _, other := range []string{
+		AlertID("agent-2", t0.UnixNano(), KindVolume),
+		AlertID("agent-1", t0.Add(5*time.Minute).UnixNano(), KindVolume),
+		AlertID("agent-1", t0.UnixNano(), KindNovelAccess),
+	} {
+		if other == a {
+			t.Errorf("different agent/window/kind gave the same id %s", a)
+		}
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for name, mod := range map[string]func(*Config){
+		"lateness":  func(c *Config) { c.AllowedLateness = 10 * time.Minute },
+		"policy":    func(c *Config) { c.Policy.WarningScore = 90 },
+		"persist":   func(c *Config) { c.Policy.PersistWindows = 0 },
+		"severity":  func(c *Config) { c.Policy.MinSeverity = SeverityNone },
+		"seen":      func(c *Config) { c.AgentSeenSlots = 1 },
+		"model":     func(c *Config) { c.Model.WarmWindows = 0 },
+		"dedup cap": func(c *Config) { c.DedupCapacity = 0 },
+	} {
+		c := DefaultConfig()
+		mod(&c)
+		err := c.Validate()
+		var ce *ConfigError
+		if !errors.As(err, &ce) {
+			t.Errorf("%s: got %v, want a ConfigError naming the field", name, err)
+		}
+	}
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReplayReportsBadLinesAndContinues(t *testing.T) {
+	e1 := ev{id: "1", agent: "a", target: "t", action: "x", ts: t0}.json()
+	e2 := ev{id: "2", agent: "a", target: "t", action: "x", ts: t0.Add(time.Second)}.json()
+	long := `{"event_id":"` + strings.Repeat("x", 2<<20) + `"}`
+	input := strings.Join([]string{e1, "", "not json", long, `{"event_id":"3","ts":"yesterday"}`, e2, ""}, "\n")
+	p, _ := NewPipeline(DefaultConfig(), nil)
+	var bad []int64
+	err := Replay(context.Background(), strings.NewReader(input), p, func(line int64, err error) {
+		bad = append(bad, line)
+		if !errors.Is(err, features.ErrInvalidEvent) {
+			t.Errorf("line %d: %v does not wrap ErrInvalidEvent", line, err)
+		}
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(bad) != "[3 4 5]" {
+		t.Errorf("bad lines %v, want [3 4 5]", bad)
+	}
+	if s := p.Stats(); s.Events != 2 || s.Windows != 1 {
+		t.Errorf("stats %+v, want 2 events in 1 window", s)
+	}
+}
+
+func TestNewAgentScoredAgainstPeersNotAlerted(t *testing.T) {
+	events := fleet(8, 60, t0, 3*24*time.Hour, 3)
+	// A ninth worker joins on day 3 and behaves like the others.
+	newcomer := fleet(1, 60, t0.Add(3*24*time.Hour), 12*time.Hour, 4)
+	for i := range newcomer {
+		newcomer[i].agent = "spiffe://bank.example/agent/worker-99"
+	}
+	rest := fleet(8, 60, t0.Add(3*24*time.Hour), 12*time.Hour, 5)
+	alerts, p := run(t, DefaultConfig(), merge(append(events, rest...), newcomer))
+	for _, a := range alerts {
+		t.Errorf("unexpected alert %+v", a)
+	}
+	if s := p.Stats(); s.ColdWindows > 20*8 {
+		t.Errorf("%d cold windows: the newcomer should be scored against its peers", s.ColdWindows)
+	}
+}
