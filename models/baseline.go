@@ -69,8 +69,9 @@ type Baseline struct {
 	// traffic) as a ratio of decayed sums: Σ((x−μ)² − μ) / Σμ².
 	dispNum, dispDen float32
 	// Decayed shares of windows by how far their count was above the
-	// seasonal expectation: bucket i holds (x+1)/(μ+1) in [2^i, 2^(i+1)).
-	ratio      [8]float32
+	// seasonal expectation, for busy and quiet slots (see quiet): bucket i
+	// holds (x+1)/(μ+1) in [2^i, 2^(i+1)).
+	ratio      [2][8]float32
 	tail       [numGauss][2]float32 // decayed shares of windows with z ≥ 4 and z ≥ 6
 	mix        [features.ActionBuckets]float32
 	mixN       float32
@@ -79,10 +80,12 @@ type Baseline struct {
 	cusumIdx   int64                           // window of the last Sustain
 	// The current hour's event count so far and its expectation, and the
 	// dispersion of complete hours (decayed sums, as for windows).
-	hourIdx          int64
-	hourX, hourM     float32
-	hourNum, hourDen float32
-	hourN            uint16
+	hourIdx      int64
+	hourX, hourM float32
+	// First-seen items this hour and their expectation.
+	hourNew, hourNewExp [len(hourNovelty)]float32
+	hourNum, hourDen    float32
+	hourN               uint16
 }
 
 func slotOf(hourOfWeek int) int {
@@ -150,11 +153,11 @@ func (b *Baseline) learnCount(s int, x, slotAlpha, a, w float64) {
 		decay := 1 - a
 		b.dispNum = float32(decay*float64(b.dispNum) + w*((x-m)*(x-m)-m))
 		b.dispDen = float32(decay*float64(b.dispDen) + w*m*m)
-		bk := ratioBucket(x, m)
-		for i := range b.ratio {
-			b.ratio[i] *= float32(1 - a*w)
+		h := &b.ratio[quiet(m)]
+		for i := range h {
+			h[i] *= float32(1 - a*w)
 		}
-		b.ratio[bk] += float32(a * w)
+		h[ratioBucket(x, m)] += float32(a * w)
 	}
 	b.slots[s].update(x, math.Max(slotAlpha, 1/float64(int(b.slotN[s])+1))*w)
 	if b.slotN[s] < 255 {
@@ -192,7 +195,7 @@ func ratioBucket(x, mu float64) int {
 	if r < 2 {
 		return 0
 	}
-	return min(len(Baseline{}.ratio)-1, int(math.Log2(r)))
+	return min(len(Baseline{}.ratio[0])-1, int(math.Log2(r)))
 }
 
 // ratioTail is the share of the agent's windows whose count was at least as
@@ -201,10 +204,22 @@ func ratioBucket(x, mu float64) int {
 // tail says. Bursty agents have a fat one; regular agents have none.
 func (b *Baseline) ratioTail(x, mu float64) float64 {
 	var t float64
-	for i := ratioBucket(x, mu); i < len(b.ratio); i++ {
-		t += float64(b.ratio[i])
+	h := &b.ratio[quiet(mu)]
+	for i := ratioBucket(x, mu); i < len(h); i++ {
+		t += float64(h[i])
 	}
 	return t
+}
+
+// quiet separates the ratio histograms of quiet slots (under one event per
+// window expected) from busy ones: a devops bot bursts out of quiet hours, a
+// batch job only swings within its busy ones, and that must not excuse
+// activity in its silent hours.
+func quiet(mu float64) int {
+	if mu < 1 {
+		return 1
+	}
+	return 0
 }
 
 // dispersion is φ with a prior worth priorWindows windows of μ² = 1 and

@@ -585,6 +585,8 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 			}
 		}
 		a.hourIdx, a.hourX = hour, 0
+		clear(a.hourNew[:])
+		clear(a.hourNewExp[:])
 	}
 	// The whole hour's expectation: the count so far can only grow, so its
 	// tail under the whole hour's distribution bounds the final p-value from
@@ -593,11 +595,30 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 	mu := float64(wph) * a.slotMean(slotOf(v.HourOfWeek))
 	a.hourM = float32(mu)
 	a.hourX += float32(v.Value[features.EventCount])
-	hourly := false
+	hourly := ""
+	var hourVal, hourExp float64
 	if a.hourN >= minHours && res.Z[features.EventCount] >= 1 {
 		phi := math.Max(math.Max(0, float64(a.hourNum))/math.Max(float64(a.hourDen), 1e-9), a.dispersion()/float64(wph))
 		if ph := math.Min(1, effectiveTests*countTail(float64(a.hourX), mu, phi)); ph < p {
-			p, bf, hourly = ph, features.EventCount, true
+			p, bf, hourly, hourVal, hourExp = ph, features.EventCount, "event_count_this_hour", float64(a.hourX), mu
+		}
+	}
+	// First-seen items over the hour so far against the sum of the windows'
+	// expectations, under a geometric (negative binomial, φ = 1) spread: a
+	// lateral movement that touches two or three new targets per window adds
+	// up to more than any one window shows.
+	for i, f := range hourNovelty {
+		if !res.Scored[f] {
+			continue
+		}
+		a.hourNew[i] += float32(res.Value[f])
+		a.hourNewExp[i] += float32(res.Expected[f])
+		if res.Value[f] == 0 {
+			continue
+		}
+		x, lam := float64(a.hourNew[i]), float64(a.hourNewExp[i])
+		if ph := math.Min(1, effectiveTests*countTail(x, lam, 1)); ph < p {
+			p, bf, hourly, hourVal, hourExp = ph, f, f.String()+"_this_hour", x, lam
 		}
 	}
 	if bf < 0 {
@@ -606,14 +627,17 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 	if s := -10 * math.Log10(math.Max(p, 1e-300)); s > res.Score {
 		res.Score, res.P, res.Sustained = math.Min(100, s), p, bf
 		r := &res.SustainedReason
-		if hourly {
-			*r = Reason{Feature: "event_count_this_hour", Value: round(float64(a.hourX)), Expected: round(mu)}
+		if hourly != "" {
+			*r = Reason{Feature: hourly, Value: round(hourVal), Expected: round(hourExp)}
 		} else {
 			*r = Reason{Feature: bf.String() + "_sustained", Value: round(best), Expected: 0}
 		}
 		r.Z = round(zFromP(p / effectiveTests))
 	}
 }
+
+// hourNovelty are the first-seen counts also summed hour by hour.
+var hourNovelty = [...]features.Feature{features.NewTargets, features.NewActions, features.NewToPeers}
 
 func floorDiv(a, b int64) int64 {
 	q := a / b
@@ -630,6 +654,8 @@ func (b *Baseline) ClearSustained() {
 	clear(b.cusum[:])
 	b.cusumJoint = 0
 	b.hourX = 0
+	clear(b.hourNew[:])
+	clear(b.hourNewExp[:])
 }
 
 // Top returns the feature that explains res best: the sustained one if any,

@@ -1,0 +1,202 @@
+package features
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"math"
+	"testing"
+	"time"
+	"unicode/utf8"
+)
+
+// FuzzDecode checks Decode on arbitrary input:
+//   - it never panics, and decoding the same input with a Decoder that has
+//     just decoded something else gives the same result;
+//   - an error wraps ErrInvalidEvent and carries a FieldError with a known
+//     reason;
+//   - on success every required field is present and non-empty, the enums are
+//     in range and ts is within years 2000–2199;
+//   - on success, when the input is valid JSON, encoding/json reads the same
+//     contract fields (string fields byte for byte, numbers, enums, attested,
+//     and ts whenever time.Parse accepts it).
+//
+// Run: go test -run='^$' -fuzz=FuzzDecode ./features
+func FuzzDecode(f *testing.F) {
+	for _, c := range validDecodeCases() {
+		f.Add([]byte(c.in))
+	}
+	for _, c := range invalidDecodeCases() {
+		if len(c.in) < 4096 {
+			f.Add([]byte(c.in))
+		}
+	}
+	f.Add(typicalEvent)
+	other := []byte(obj(with(fullFields(), "resource", `"\u00e9\"x\" \ud83d\ude80 `+"long enough to fill some scratch space"+`"`)))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var d Decoder
+		var e Event
+		err := d.Decode(b, &e)
+
+		// Same result from a decoder with state left over from another event.
+		var d2 Decoder
+		var e2 Event
+		if err := d2.Decode(other, &e2); err != nil {
+			t.Fatalf("other event: %v", err)
+		}
+		err2 := d2.Decode(b, &e2)
+		if (err == nil) != (err2 == nil) || (err != nil && err.Error() != err2.Error()) {
+			t.Fatalf("fresh decoder: %v; reused decoder: %v", err, err2)
+		}
+
+		if err != nil {
+			if !errors.Is(err, ErrInvalidEvent) {
+				t.Fatalf("error %v does not wrap ErrInvalidEvent", err)
+			}
+			var fe *FieldError
+			if !errors.As(err, &fe) {
+				t.Fatalf("error %v is not a *FieldError", err)
+			}
+			switch fe.Reason {
+			case ReasonBadJSON, ReasonTooLarge:
+				if fe.Field != "" {
+					t.Fatalf("%s error names field %q", fe.Reason, fe.Field)
+				}
+			case ReasonMissingField, ReasonBadType, ReasonBadValue, ReasonBadTimestamp:
+				if fe.Field == "" {
+					t.Fatalf("%s error names no field: %v", fe.Reason, err)
+				}
+			default:
+				t.Fatalf("unknown reason %q", fe.Reason)
+			}
+			return
+		}
+		got := flatten(&e)
+		if got2 := flatten(&e2); got2 != got {
+			t.Fatalf("reused decoder differs:\n%s", got2.diff(got))
+		}
+		if got.EventID == "" || got.AgentID == "" || got.TargetID == "" || got.Action == "" {
+			t.Fatalf("accepted with an empty required field: %+v", got)
+		}
+		if got.Decision != Allow && got.Decision != Deny {
+			t.Fatalf("accepted with decision %d", got.Decision)
+		}
+		if got.TS < minTS || got.TS > maxTS {
+			t.Fatalf("accepted ts %d (%s), outside years 2000-2199", got.TS, time.Unix(0, got.TS).UTC())
+		}
+		if got.DataClass > DataRestricted || got.Status > StatusTimeout || got.Auth > AuthNone || got.Attested > AttestFalse {
+			t.Fatalf("enum out of range: %+v", got)
+		}
+		if got.BytesIn < -1 || got.BytesOut < -1 || got.LatencyMS < 0 || got.Amount < 0 ||
+			math.IsNaN(got.LatencyMS) || math.IsInf(got.LatencyMS, 0) || math.IsNaN(got.Amount) || math.IsInf(got.Amount, 0) {
+			t.Fatalf("number out of range: %+v", got)
+		}
+		if got.HasLatency == false && got.LatencyMS != 0 {
+			t.Fatalf("latency %v without HasLatency", got.LatencyMS)
+		}
+
+		if !json.Valid(b) {
+			// Decode is more lenient than JSON about numbers (known bug
+			// lenient-numbers, see TestDecodeRejectsNonJSONNumbers); there
+			// is no reference to compare with.
+			return
+		}
+		r, err := refDecode(b)
+		if err != nil {
+			t.Fatalf("Decode accepted %q but encoding/json says: %v", b, err)
+		}
+		want := r.f
+		// ts: compare whenever time.Parse accepts it (it rejects leap seconds
+		// and lower-case t/z, which RFC 3339 allows and Decode accepts).
+		if r.tsOK {
+			if y := r.t.UTC().Year(); y < 2000 || y > 2199 {
+				knownBug(t, "ts-wrap", "accepted ts %s (year %d) as %s", r.m["ts"], y, time.Unix(0, got.TS).UTC().Format(time.RFC3339Nano))
+			}
+		} else {
+			want.TS = got.TS
+		}
+		if got != want {
+			for _, s := range []string{got.EventID, got.AgentID, got.AgentClass, got.TargetID, got.Action,
+				got.Resource, got.CredentialID, got.SrcIP, got.SigKey} {
+				if !utf8.ValidString(s) {
+					knownBug(t, "utf8", "invalid UTF-8 passed through: %q", s)
+				}
+			}
+			for _, k := range []string{"data_class", "status", "auth", "attested"} {
+				if r.m[k] == nil && countKey(b, k) > 1 {
+					knownBug(t, "dup-null", "duplicate %q ending in null", k)
+				}
+			}
+			t.Fatalf("Decode and encoding/json differ on %q:\n%s", b, got.diff(want))
+		}
+	})
+}
+
+// countKey counts the top-level members of the JSON object b named k.
+func countKey(b []byte, k string) int {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return 0
+	}
+	n := 0
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return n
+		}
+		if tok == k {
+			n++
+		}
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil && err != io.EOF {
+			return n
+		}
+	}
+	return n
+}
+
+// FuzzParseRFC3339 compares ParseRFC3339 with time.Parse(time.RFC3339Nano).
+// The two accept slightly different languages (time.Parse rejects leap
+// seconds and lower-case t/z; it falls back to a laxer parser on some inputs
+// ParseRFC3339 rejects), so on arbitrary input it only checks that when both
+// accept, they agree on the instant. It also formats the instant n (any int64
+// Unix nanoseconds) in a fixed zone of offMinutes (clamped to ±23:59) with
+// time.Format(RFC3339Nano): ParseRFC3339 must accept that canonical form and
+// return n.
+//
+// Run: go test -run='^$' -fuzz=FuzzParseRFC3339 ./features
+func FuzzParseRFC3339(f *testing.F) {
+	for _, s := range []string{
+		"2026-03-02T09:15:03Z", "2026-03-02T09:15:03.123456789Z", "2026-03-02T10:15:03+01:00",
+		"2026-03-02T03:45:03.5-05:30", "2016-12-31T23:59:60Z", "2026-03-02t09:15:03z", "2024-02-29T00:00:00Z",
+		"2026-02-29T00:00:00Z", "2026-13-01T00:00:00Z", "yesterday", "2026-03-02T09:15:03",
+		"2026-03-02T09:15:03.123456789123Z", "1970-01-01T00:00:00Z", "2262-04-11T23:47:16.854775807Z",
+	} {
+		f.Add(s, int64(1772442903123456789), int16(0))
+	}
+	f.Add("", int64(math.MaxInt64), int16(23*60+59))
+	f.Add("", int64(math.MinInt64), int16(-23*60-59))
+	f.Add("", int64(0), int16(-330))
+	f.Add("", int64(-1), int16(60))
+	f.Fuzz(func(t *testing.T, s string, n int64, offMinutes int16) {
+		got, ok := ParseRFC3339([]byte(s))
+		if ref, err := time.Parse(time.RFC3339Nano, s); ok && err == nil {
+			if ref.Before(time.Unix(0, math.MinInt64)) || ref.After(time.Unix(0, math.MaxInt64)) {
+				// Outside what int64 Unix nanoseconds can hold.
+				knownBug(t, "ts-wrap", "ParseRFC3339(%q) = %d, true; the instant does not fit in int64 ns", s, got)
+			}
+			if got != ref.UnixNano() {
+				t.Fatalf("ParseRFC3339(%q) = %s, time.Parse = %s", s,
+					time.Unix(0, got).UTC().Format(time.RFC3339Nano), ref.UTC().Format(time.RFC3339Nano))
+			}
+		}
+
+		off := int(offMinutes) % (24 * 60)
+		canon := time.Unix(0, n).In(time.FixedZone("", off*60)).Format(time.RFC3339Nano)
+		got, ok = ParseRFC3339([]byte(canon))
+		if !ok || got != n {
+			t.Fatalf("ParseRFC3339(%q) = %d, %v; want %d, true", canon, got, ok, n)
+		}
+	})
+}
