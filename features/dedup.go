@@ -2,9 +2,10 @@ package features
 
 // Dedup drops redelivered events: it remembers event_id hashes for a bounded
 // horizon of event time and a bounded count, in two generations. An id is
-// remembered for at least Horizon/2 of event time after it was seen, unless more
-// than Cap ids arrive in that time, in which case the oldest are forgotten
-// first. Memory is bounded by 2·Cap entries.
+// remembered for at least the horizon (and at most twice it) of event time
+// after it was seen, unless more than capacity ids arrive within a horizon, in
+// which case the oldest are forgotten first. Memory is bounded by 2·capacity
+// entries.
 //
 // A 64-bit hash stands for the id: two distinct ids collide with probability
 // about n²/2⁶⁵ for n remembered ids (≈10⁻⁸ at a million), which would drop
@@ -18,8 +19,8 @@ type Dedup struct {
 	cap       int
 }
 
-// NewDedup returns a filter remembering ids for horizon nanoseconds of event
-// time and at most capacity ids per generation.
+// NewDedup returns a filter remembering ids for at least horizon nanoseconds
+// of event time, and at most capacity ids per generation.
 func NewDedup(horizon int64, capacity int) *Dedup {
 	if capacity < 16 {
 		capacity = 16
@@ -41,7 +42,7 @@ func (d *Dedup) Seen(id []byte, ts int64) bool {
 	if _, ok := d.prev[h]; ok {
 		return true
 	}
-	if len(d.cur) >= d.cap || ts-d.genStart > d.horizon/2 {
+	if len(d.cur) >= d.cap || ts-d.genStart > d.horizon {
 		d.prev, d.cur = d.cur, d.prev
 		clear(d.cur)
 		d.genStart = ts

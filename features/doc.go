@@ -11,7 +11,7 @@
 // decide what is anomalous (that is package models) and it does not own the
 // watermark or the set of agents (that is package detector).
 //
-// The hot path (Decoder.Decode, Dedup.Seen, AgentWindows.Add) does not
+// The hot path (Decoder.Decode, Dedup.Seen, Observe, Window.Add) does not
 // allocate in steady state: decoded strings are views into the input line or
 // into the decoder's scratch buffer and are valid until the next Decode.
 package features

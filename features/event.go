@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"unicode/utf8"
 	"unsafe"
 )
 
@@ -261,11 +262,16 @@ func (d *Decoder) str() ([]byte, error) {
 	}
 	d.pos++
 	start := d.pos
+	var hi byte
 	for d.pos < len(d.buf) {
 		c := d.buf[d.pos]
+		hi |= c
 		if c == '"' {
 			s := d.buf[start:d.pos]
 			d.pos++
+			if hi >= utf8.RuneSelf && !utf8.Valid(s) {
+				return nil, d.syntax("invalid UTF-8 in string")
+			}
 			return s, nil
 		}
 		if c == '\\' {
@@ -287,7 +293,11 @@ func (d *Decoder) strEscaped(start int) ([]byte, error) {
 		switch {
 		case c == '"':
 			d.pos++
-			return d.scratch[from:len(d.scratch):len(d.scratch)], nil
+			out := d.scratch[from:len(d.scratch):len(d.scratch)]
+			if !utf8.Valid(out) {
+				return nil, d.syntax("invalid UTF-8 in string")
+			}
+			return out, nil
 		case c < 0x20:
 			return nil, d.syntax("control character in string")
 		case c != '\\':
@@ -422,13 +432,14 @@ func (d *Decoder) field(key []byte, e *Event) error {
 	case "ts":
 		var s []byte
 		if s, err = d.strField("ts", true); err == nil {
-			var ok bool
-			if e.TS, ok = ParseRFC3339(s); !ok {
+			ts, year, ok := parseRFC3339(s)
+			if !ok {
 				return &FieldError{Field: "ts", Reason: ReasonBadTimestamp, Msg: "not RFC 3339"}
 			}
-			if e.TS < minTS || e.TS > maxTS {
+			if year == 0 || ts < minTS || ts > maxTS {
 				return &FieldError{Field: "ts", Reason: ReasonBadTimestamp, Msg: "outside years 2000-2199"}
 			}
+			e.TS = ts
 		}
 		d.seen |= reqTS
 	case "agent_id":
@@ -468,6 +479,7 @@ func (d *Decoder) field(key []byte, e *Event) error {
 		s, err = d.strField("sig", false)
 		e.HasSig = len(s) > 0
 	case "data_class":
+		e.DataClass = DataUnknown // a later duplicate key wins, null included
 		var s []byte
 		if s, err = d.strField("data_class", false); err == nil && s != nil {
 			switch string(s) {
@@ -484,6 +496,7 @@ func (d *Decoder) field(key []byte, e *Event) error {
 			}
 		}
 	case "status":
+		e.Status = StatusUnknown // a later duplicate key wins, null included
 		var s []byte
 		if s, err = d.strField("status", false); err == nil && s != nil {
 			switch string(s) {
@@ -500,6 +513,7 @@ func (d *Decoder) field(key []byte, e *Event) error {
 			}
 		}
 	case "auth":
+		e.Auth = AuthUnknown // a later duplicate key wins, null included
 		var s []byte
 		if s, err = d.strField("auth", false); err == nil && s != nil {
 			switch string(s) {
@@ -516,6 +530,7 @@ func (d *Decoder) field(key []byte, e *Event) error {
 			}
 		}
 	case "attested":
+		e.Attested = AttestUnknown
 		switch {
 		case d.lit("true"):
 			e.Attested = AttestTrue
@@ -549,25 +564,42 @@ func (d *Decoder) lit(s string) bool {
 	return false
 }
 
-// number returns the bytes of a JSON number at d.pos.
+// number returns the bytes of a JSON number at d.pos, and whether they follow
+// JSON's grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
 func (d *Decoder) number() ([]byte, bool) {
 	start := d.pos
-	if d.pos < len(d.buf) && d.buf[d.pos] == '-' {
+	b := d.buf
+	digits := func() int {
+		n := 0
+		for d.pos < len(b) && b[d.pos] >= '0' && b[d.pos] <= '9' {
+			d.pos++
+			n++
+		}
+		return n
+	}
+	if d.pos < len(b) && b[d.pos] == '-' {
 		d.pos++
 	}
-	digits := 0
-	for d.pos < len(d.buf) {
-		c := d.buf[d.pos]
-		if (c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-' {
-			if c >= '0' && c <= '9' {
-				digits++
-			}
-			d.pos++
-			continue
-		}
-		break
+	lead := d.pos
+	if n := digits(); n == 0 || (n > 1 && b[lead] == '0') {
+		return b[start:d.pos], false
 	}
-	return d.buf[start:d.pos], digits > 0
+	if d.pos < len(b) && b[d.pos] == '.' {
+		d.pos++
+		if digits() == 0 {
+			return b[start:d.pos], false
+		}
+	}
+	if d.pos < len(b) && (b[d.pos] == 'e' || b[d.pos] == 'E') {
+		d.pos++
+		if d.pos < len(b) && (b[d.pos] == '+' || b[d.pos] == '-') {
+			d.pos++
+		}
+		if digits() == 0 {
+			return b[start:d.pos], false
+		}
+	}
+	return b[start:d.pos], true
 }
 
 func (d *Decoder) intField(name string) (int64, error) {

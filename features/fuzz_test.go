@@ -111,7 +111,7 @@ func FuzzDecode(f *testing.F) {
 		// and lower-case t/z, which RFC 3339 allows and Decode accepts).
 		if r.tsOK {
 			if y := r.t.UTC().Year(); y < 2000 || y > 2199 {
-				knownBug(t, "ts-wrap", "accepted ts %s (year %d) as %s", r.m["ts"], y, time.Unix(0, got.TS).UTC().Format(time.RFC3339Nano))
+				t.Fatalf("accepted ts %s (year %d) as %s", r.m["ts"], y, time.Unix(0, got.TS).UTC().Format(time.RFC3339Nano))
 			}
 		} else {
 			want.TS = got.TS
@@ -120,12 +120,12 @@ func FuzzDecode(f *testing.F) {
 			for _, s := range []string{got.EventID, got.AgentID, got.AgentClass, got.TargetID, got.Action,
 				got.Resource, got.CredentialID, got.SrcIP, got.SigKey} {
 				if !utf8.ValidString(s) {
-					knownBug(t, "utf8", "invalid UTF-8 passed through: %q", s)
+					t.Fatalf("invalid UTF-8 passed through: %q", s)
 				}
 			}
 			for _, k := range []string{"data_class", "status", "auth", "attested"} {
 				if r.m[k] == nil && countKey(b, k) > 1 {
-					knownBug(t, "dup-null", "duplicate %q ending in null", k)
+					t.Fatalf("duplicate %q ending in null", k)
 				}
 			}
 			t.Fatalf("Decode and encoding/json differ on %q:\n%s", b, got.diff(want))
@@ -184,7 +184,7 @@ func FuzzParseRFC3339(f *testing.F) {
 		if ref, err := time.Parse(time.RFC3339Nano, s); ok && err == nil {
 			if ref.Before(time.Unix(0, math.MinInt64)) || ref.After(time.Unix(0, math.MaxInt64)) {
 				// Outside what int64 Unix nanoseconds can hold.
-				knownBug(t, "ts-wrap", "ParseRFC3339(%q) = %d, true; the instant does not fit in int64 ns", s, got)
+				t.Fatalf("ParseRFC3339(%q) = %d, true; the instant does not fit in int64 ns", s, got)
 			}
 			if got != ref.UnixNano() {
 				t.Fatalf("ParseRFC3339(%q) = %s, time.Parse = %s", s,

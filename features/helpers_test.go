@@ -5,31 +5,11 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"slices"
 	"strings"
-	"testing"
 	"time"
 )
 
-var (
-	update = flag.Bool("update", false, "rewrite the golden files under testdata/")
-	// Checks for bugs that were found and reported but are not fixed yet are
-	// skipped by default so that `go test` stays green; -knownbugs turns them
-	// into failures (use it to confirm a fix, then delete the knownBug call):
-	//	go test ./features -knownbugs=all
-	knownBugs = flag.String("knownbugs", "", `fail, instead of skip, on reported but unfixed bugs in the package under test: "all" or a comma-separated list of ids (ts-wrap, lenient-numbers, utf8, dup-null, dedup-horizon, civil-year0)`)
-)
-
-// knownBug skips the test (or fails it with -knownbugs) because it hit a
-// reported, unfixed bug identified by id. See the ids in the test report.
-func knownBug(t testing.TB, id, format string, args ...any) {
-	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if *knownBugs == "all" || slices.Contains(strings.Split(*knownBugs, ","), id) {
-		t.Fatalf("known bug %s: %s", id, msg)
-	}
-	t.Skipf("known bug %s (reported, not fixed; -knownbugs=%s makes this fail): %s", id, id, msg)
-}
+var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
 
 // flat is an Event with owned strings: comparable with == and printable.
 type flat struct {
