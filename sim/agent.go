@@ -156,7 +156,13 @@ func (a *agent) segment() {
 			if e.kind == KindOffHours {
 				rate = max(rate, e.absRate, minIncidentRate)
 			} else {
-				rate = max(rate, 0.3*a.spec.peak*a.scale, minIncidentRate/e.rateMul) * e.rateMul
+				base := max(rate, 0.3*a.spec.peak*a.scale, minIncidentRate/e.rateMul)
+				if e.kind == KindRunawayVolume && a.burstRate > 0 {
+					// A bursty agent's usual volume includes its bursts: it
+					// runs away when it exceeds them, not its idle trickle.
+					base = max(base, a.burstRate*a.scale)
+				}
+				rate = base * e.rateMul
 			}
 			break
 		}

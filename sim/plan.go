@@ -451,7 +451,9 @@ func (p *plan) placeIncident(kind string) error {
 		}
 		s := a.spec
 		if kind == KindOffHours {
-			if !s.idle(st) || !s.idle(st+dur/2) || !s.idle(st+dur-1) {
+			// Silent for an hour either side too: activity just before a
+			// shift starts is not "off hours".
+			if !s.idle(st-msHour) || !s.idle(st) || !s.idle(st+dur/2) || !s.idle(st+dur-1) || !s.idle(st+dur+msHour) {
 				continue
 			}
 		} else if !s.active(st) || !s.active(st+min(dur/2, 30*msMinute)) {
