@@ -34,7 +34,7 @@ demo: build
 	@echo "== the first alerts"
 	@head -n 3 $(DEMO_DIR)/alerts.jsonl
 	@echo "== detection quality against the labelled incidents"
-	$(GO) run ./bench/quality --truth $(DEMO_DIR)/truth.jsonl --alerts $(DEMO_DIR)/alerts.jsonl
+	$(GO) run ./bench/quality --truth $(DEMO_DIR)/truth.jsonl --alerts $(DEMO_DIR)/alerts.jsonl --events $(DEMO_DIR)/events.jsonl
 
 ## bench: speed and memory benchmarks, then the detection-quality benchmark.
 bench: bench-speed bench-quality

@@ -43,6 +43,13 @@ func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	dc := cfg.Detector
 	if *window != 0 {
 		dc.Model.WindowSize = *window
+		if dc.AllowedLateness >= *window {
+			dc.AllowedLateness = *window / 2
+			fmt.Fprintf(stderr, "replay: allowed lateness lowered to %v to stay below the %v window\n", dc.AllowedLateness, *window)
+		}
+	}
+	if err := dc.Validate(); err != nil {
+		return err
 	}
 	if *minSev != "" {
 		if err := dc.Policy.MinSeverity.UnmarshalText([]byte(*minSev)); err != nil {
