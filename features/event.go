@@ -262,28 +262,47 @@ func (d *Decoder) str() ([]byte, error) {
 	}
 	d.pos++
 	start := d.pos
-	var hi byte
-	for d.pos < len(d.buf) {
-		c := d.buf[d.pos]
-		hi |= c
-		if c == '"' {
-			s := d.buf[start:d.pos]
-			d.pos++
-			if hi >= utf8.RuneSelf && !utf8.Valid(s) {
+	b := d.buf
+	i := d.pos
+	hi := false
+	for {
+		// Plain printable ASCII, the common case, is one table lookup a byte.
+		for i < len(b) && plain[b[i]] {
+			i++
+		}
+		if i >= len(b) {
+			d.pos = i
+			return nil, d.syntax("unterminated string")
+		}
+		switch c := b[i]; {
+		case c == '"':
+			s := b[start:i]
+			d.pos = i + 1
+			if hi && !utf8.Valid(s) {
 				return nil, d.syntax("invalid UTF-8 in string")
 			}
 			return s, nil
-		}
-		if c == '\\' {
+		case c == '\\':
+			d.pos = i
 			return d.strEscaped(start)
-		}
-		if c < 0x20 {
+		case c < 0x20:
+			d.pos = i
 			return nil, d.syntax("control character in string")
+		default: // ≥ 0x80: validated once the string ends
+			hi = true
+			i++
 		}
-		d.pos++
 	}
-	return nil, d.syntax("unterminated string")
 }
+
+// plain marks the bytes a JSON string holds as themselves: printable ASCII
+// other than the quote and the backslash.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < 0x80; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
 
 func (d *Decoder) strEscaped(start int) ([]byte, error) {
 	from := len(d.scratch)
