@@ -1,5 +1,11 @@
 package features
 
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
 // SeenSet is a bounded set of 32-bit fingerprints used for first-seen
 // detection ("has this agent ever called this target?"). It keeps two
 // generations of an open-addressing table; when the current generation is
@@ -97,4 +103,75 @@ func (s *SeenSet) Len() int {
 		}
 	}
 	return n
+}
+
+// AppendBinary appends the set's state: the slots per generation as a
+// uvarint, the current generation and its count, then the occupied slots of
+// both generations as (index, fingerprint) pairs, so a sparse set is small.
+func (s *SeenSet) AppendBinary(dst []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s.tab)/2))
+	dst = append(dst, byte(s.cur))
+	dst = binary.AppendUvarint(dst, uint64(s.n))
+	occupied := 0
+	for _, v := range s.tab {
+		if v != 0 {
+			occupied++
+		}
+	}
+	dst = binary.AppendUvarint(dst, uint64(occupied))
+	for i, v := range s.tab {
+		if v != 0 {
+			dst = binary.AppendUvarint(dst, uint64(i))
+			dst = binary.LittleEndian.AppendUint32(dst, v)
+		}
+	}
+	return dst
+}
+
+// ErrSeenSnapshot is wrapped by DecodeFrom's errors.
+var ErrSeenSnapshot = errors.New("bad seen-set snapshot")
+
+// DecodeFrom restores a set written by AppendBinary from the start of data
+// and returns the bytes it used. A snapshot of a different size is rehashed
+// into a set of slotsPerGen slots (restoring into a resized configuration).
+func (s *SeenSet) DecodeFrom(data []byte, slotsPerGen int) (int, error) {
+	off := 0
+	next := func() (uint64, bool) {
+		v, k := binary.Uvarint(data[off:])
+		if k <= 0 {
+			return 0, false
+		}
+		off += k
+		return v, true
+	}
+	slots, ok := next()
+	if !ok || slots == 0 || slots > 1<<24 || off >= len(data) {
+		return 0, fmt.Errorf("%w: header", ErrSeenSnapshot)
+	}
+	cur := int(data[off])
+	off++
+	n, ok1 := next()
+	occupied, ok2 := next()
+	if !ok1 || !ok2 || cur > 1 || occupied > 2*slots {
+		return 0, fmt.Errorf("%w: header", ErrSeenSnapshot)
+	}
+	*s = NewSeenSet(slotsPerGen)
+	same := int(slots) == len(s.tab)/2
+	if same {
+		s.cur, s.n = cur, int(n)
+	}
+	for range occupied {
+		i, ok := next()
+		if !ok || off+4 > len(data) || i >= 2*slots {
+			return 0, fmt.Errorf("%w: slot", ErrSeenSnapshot)
+		}
+		fp := binary.LittleEndian.Uint32(data[off:])
+		off += 4
+		if same {
+			s.tab[i] = fp
+		} else if fp != 0 {
+			s.Observe(fp) // rehash into the new size
+		}
+	}
+	return off, nil
 }

@@ -142,3 +142,39 @@ func TestSeenSetFixedMemory(t *testing.T) {
 		t.Errorf("Observe allocates %v times", a)
 	}
 }
+
+func TestSeenSetSnapshot(t *testing.T) {
+	s := NewSeenSet(64)
+	for i := range uint32(200) { // several generations
+		s.Observe(i*2654435761 + 1)
+	}
+	data := s.AppendBinary(nil)
+	var r SeenSet
+	n, err := r.DecodeFrom(data, 64)
+	if err != nil || n != len(data) {
+		t.Fatalf("DecodeFrom: %d of %d bytes, %v", n, len(data), err)
+	}
+	if r.cur != s.cur || r.n != s.n || len(r.tab) != len(s.tab) {
+		t.Fatalf("header not restored")
+	}
+	for i := range s.tab {
+		if r.tab[i] != s.tab[i] {
+			t.Fatalf("slot %d differs", i)
+		}
+	}
+	// Restored into another size, what was held is still known.
+	var big SeenSet
+	if _, err := big.DecodeFrom(data, 512); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range s.tab {
+		if v != 0 && !big.Contains(v) {
+			t.Fatalf("fingerprint %d lost when resizing", v)
+		}
+	}
+	for _, bad := range [][]byte{nil, {0}, {64, 2, 0, 0}, {64, 0, 0, 5}} {
+		if _, err := r.DecodeFrom(bad, 64); err == nil {
+			t.Errorf("% x: accepted", bad)
+		}
+	}
+}
