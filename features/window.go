@@ -2,6 +2,9 @@ package features
 
 import (
 	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
 	"math"
 	"math/bits"
 )
@@ -285,4 +288,70 @@ func DeriveClass(dst, agentID []byte) []byte {
 		j = len(s)
 	}
 	return append(dst, s[:j]...)
+}
+
+// AppendBinary appends w's state (fixed layout, about 230 bytes).
+func (w *Window) AppendBinary(dst []byte) []byte {
+	le := binary.LittleEndian
+	dst = le.AppendUint64(dst, uint64(w.Index))
+	for _, v := range [...]uint32{w.N, w.Deny, w.Errors, w.Restricted, w.Weak, w.WeakN, w.DataN, w.BytesOutN, w.BytesInN, w.LatencyN, w.AmountN} {
+		dst = le.AppendUint32(dst, v)
+	}
+	for _, v := range w.New {
+		dst = le.AppendUint16(dst, v)
+	}
+	for _, v := range w.Actions {
+		dst = le.AppendUint16(dst, v)
+	}
+	for _, v := range [...]float64{w.BytesOut, w.BytesIn, w.Latency, w.AmountSum} {
+		dst = le.AppendUint64(dst, math.Float64bits(v))
+	}
+	for _, v := range w.targets {
+		dst = le.AppendUint64(dst, v)
+	}
+	dst = le.AppendUint64(dst, uint64(w.First))
+	dst = le.AppendUint64(dst, uint64(w.Last))
+	return append(dst, w.Flags)
+}
+
+// windowSnapshotSize is the length of AppendBinary's output.
+const windowSnapshotSize = 8 + 11*4 + 5*2 + ActionBuckets*2 + 4*8 + 8*8 + 2*8 + 1
+
+// ErrWindowSnapshot is wrapped by Window.DecodeFrom's errors.
+var ErrWindowSnapshot = errors.New("bad window snapshot")
+
+// DecodeFrom restores w from the start of data and returns the bytes used.
+func (w *Window) DecodeFrom(data []byte) (int, error) {
+	if len(data) < windowSnapshotSize {
+		return 0, fmt.Errorf("%w: %d bytes, want %d", ErrWindowSnapshot, len(data), windowSnapshotSize)
+	}
+	le := binary.LittleEndian
+	off := 0
+	u64 := func() uint64 { v := le.Uint64(data[off:]); off += 8; return v }
+	u32 := func() uint32 { v := le.Uint32(data[off:]); off += 4; return v }
+	u16 := func() uint16 { v := le.Uint16(data[off:]); off += 2; return v }
+	f64 := func() float64 {
+		f := math.Float64frombits(u64())
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			return 0
+		}
+		return f
+	}
+	w.Index = int64(u64())
+	for _, p := range [...]*uint32{&w.N, &w.Deny, &w.Errors, &w.Restricted, &w.Weak, &w.WeakN, &w.DataN, &w.BytesOutN, &w.BytesInN, &w.LatencyN, &w.AmountN} {
+		*p = u32()
+	}
+	for i := range w.New {
+		w.New[i] = u16()
+	}
+	for i := range w.Actions {
+		w.Actions[i] = u16()
+	}
+	w.BytesOut, w.BytesIn, w.Latency, w.AmountSum = f64(), f64(), f64(), f64()
+	for i := range w.targets {
+		w.targets[i] = u64()
+	}
+	w.First, w.Last = int64(u64()), int64(u64())
+	w.Flags = data[off]
+	return off + 1, nil
 }

@@ -603,3 +603,32 @@ func TestWindowAddAllocs(t *testing.T) {
 		t.Errorf("Observe+Add+Vector allocates %v times", allocs)
 	}
 }
+
+func TestWindowSnapshot(t *testing.T) {
+	var w Window
+	w.Reset(42)
+	var d Decoder
+	var e Event
+	agent, peer := NewSeenSet(128), NewSeenSet(1024)
+	for i := range 30 {
+		line := fmt.Sprintf(`{"event_id":"%d","ts":"2026-03-02T00:00:%02dZ","agent_id":"a","target_id":"t%d","action":"x%d","decision":"deny","bytes_out":%d,"latency_ms":3.5,"amount":2,"data_class":"restricted","auth":"apikey"}`, i, i, i%7, i%3, 100*i)
+		if err := d.Decode([]byte(line), &e); err != nil {
+			t.Fatal(err)
+		}
+		flags, b := Observe(&e, &agent, &peer)
+		w.Add(&e, flags, b)
+	}
+	w.Flags = 5
+	data := w.AppendBinary(nil)
+	if len(data) != windowSnapshotSize {
+		t.Fatalf("snapshot is %d bytes, want %d", len(data), windowSnapshotSize)
+	}
+	var r Window
+	n, err := r.DecodeFrom(data)
+	if err != nil || n != len(data) || r != w {
+		t.Fatalf("round trip: n=%d err=%v equal=%v", n, err, r == w)
+	}
+	if _, err := r.DecodeFrom(data[:10]); err == nil {
+		t.Error("short snapshot accepted")
+	}
+}
