@@ -222,15 +222,36 @@ func (p *Pipeline) agent(e *features.Event) *agent {
 func (p *Pipeline) openWindow(a *agent, s int, idx int64) {
 	a.win[s].Reset(idx)
 	a.open[s] = true
+	p.schedule(a, idx)
+	p.arm(a, s)
+}
+
+// arm sets the early-decision triggers of a's window s: well above the
+// expected count, or a few new items or denials, and doubling past what the
+// window already holds.
+func (p *Pipeline) arm(a *agent, s int) {
+	w := &a.win[s]
+	_, high := p.model.ExpectedCount(&a.base, &a.class.base, features.HourOfWeek(w.Index*p.size))
+	a.nextN[s] = uint32(max(high, 4)) + 1
+	a.nextNew[s], a.nextBad[s] = 3, 4
+	for w.N >= a.nextN[s] {
+		a.nextN[s] *= 2
+	}
+}
+
+// schedule lists agent a among those whose window idx closes together. A
+// bucket still holding an older index (possible only after restoring
+// snapshots taken at different times) is closed first.
+func (p *Pipeline) schedule(a *agent, idx int64) {
 	b := int(idx & 3)
 	if p.bucketIdx[b] != idx {
+		if len(p.bucket[b]) > 0 && p.bucketIdx[b] < idx {
+			p.closeIndex(p.bucketIdx[b])
+		}
 		p.bucketIdx[b] = idx
 		p.bucket[b] = p.bucket[b][:0]
 	}
 	p.bucket[b] = append(p.bucket[b], a)
-	_, high := p.model.ExpectedCount(&a.base, &a.class.base, features.HourOfWeek(idx*p.size))
-	a.nextN[s] = uint32(max(high, 4)) + 1
-	a.nextNew[s], a.nextBad[s] = 3, 4
 }
 
 // early rechecks an open window when one of its monotone counters crosses its
