@@ -10,11 +10,20 @@
 // a critical alert while its window is still open. Replay feeds a JSONL file
 // through a Pipeline.
 //
-// A Pipeline is synchronous and single-owner: the streaming runtime (a later
-// part of this package) gives each partition its own and drives it from one
-// goroutine, so per-agent state needs no locks. It does no I/O itself; alerts
-// and window scores leave through callbacks.
+// A Pipeline is synchronous and single-owner: the streaming runtime gives
+// each partition its own and drives it from one goroutine, so per-agent state
+// needs no locks. It does no I/O itself; alerts and window scores leave
+// through callbacks.
 //
-// Not here yet: Kafka consumption, state checkpoints, eviction of idle agents
-// (memory grows with the number of distinct agents), sinks.
+// Runtime is the streaming runtime: a member of a Kafka consumer group
+// (kafka-go) with one worker goroutine and one Pipeline per assigned
+// partition. Workers hand alerts and dead letters (rejected events, with
+// their reason) to a Sink, the small interface sinks implement, and commit a
+// partition's offset only past messages whose output the Sink has made
+// durable (at least once; a failing Sink blocks, it never drops). Idle
+// partitions close their windows by the wall clock.
+//
+// Not here yet: state checkpoints (a partition that moves to another member
+// restarts its agents cold), eviction of idle agents (memory grows with the
+// number of distinct agents), the sinks themselves (package sinks).
 package detector

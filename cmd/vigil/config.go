@@ -18,12 +18,13 @@ var errUsage = errors.New("usage")
 // Config is vigil's one configuration file. Every field is optional; absent
 // fields keep the defaults that `vigil config` would print.
 type Config struct {
-	Detector detector.Config `yaml:"detector"`
+	Detector detector.Config        `yaml:"detector"`
+	Kafka    detector.RuntimeConfig `yaml:"kafka"`
 }
 
 // DefaultConfig returns the configuration used when there is no file.
 func DefaultConfig() Config {
-	return Config{Detector: detector.DefaultConfig()}
+	return Config{Detector: detector.DefaultConfig(), Kafka: detector.DefaultRuntimeConfig()}
 }
 
 // loadConfig reads path over the defaults; an empty path means defaults only.
@@ -43,6 +44,9 @@ func loadConfig(path string) (Config, error) {
 		return cfg, fmt.Errorf("config %s: %w", path, err)
 	}
 	if err := cfg.Detector.Validate(); err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := cfg.Kafka.Validate(); err != nil {
 		return cfg, fmt.Errorf("config %s: %w", path, err)
 	}
 	return cfg, nil

@@ -16,9 +16,11 @@ var version = "dev"
 const usage = `vigil — behavioural anomaly detection for machine identities
 
 Usage:
-  vigil replay   --input FILE|- [--config FILE]   score a JSONL event file, alerts to stdout
-  vigil simulate [--out FILE] [--truth FILE] ...  write a synthetic fleet with labelled incidents
-  vigil version                                   print the version
+  vigil run       [--config FILE] [--kafka.brokers H:P,...]  consume the events topic as a consumer group member
+  vigil replay    --input FILE|- [--config FILE]              score a JSONL event file, alerts to stdout
+  vigil simulate  [--out FILE] [--truth FILE] ...             write a synthetic fleet with labelled incidents
+  vigil devbroker [--listen H:P] [--topic NAME:N]...          run an in-memory Kafka-protocol broker (development)
+  vigil version                                               print the version
 
 Run "vigil COMMAND --help" for a command's flags.
 `
@@ -34,6 +36,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	defer stop()
 	var err error
 	switch args[0] {
+	case "run":
+		err = runRun(ctx, args[1:], stdout, stderr)
+	case "devbroker":
+		err = runDevbroker(ctx, args[1:], stdout, stderr)
 	case "replay":
 		err = runReplay(ctx, args[1:], stdin, stdout, stderr)
 	case "simulate":

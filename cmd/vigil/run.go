@@ -1,0 +1,195 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vigil-sec/vigil/detector"
+)
+
+// runRun is `vigil run`: consume the events topic as a member of the
+// consumer group until ctx ends (SIGINT/SIGTERM), then commit and exit.
+func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "YAML configuration file (default: built-in defaults)")
+	brokers := fs.String("kafka.brokers", "", "comma-separated bootstrap brokers host:port (overrides kafka.brokers; default 127.0.0.1:9092)")
+	topic := fs.String("kafka.topic", "", "events topic (overrides kafka.topic; default agent-events)")
+	group := fs.String("kafka.group", "", "consumer group (overrides kafka.group; default vigil)")
+	listen := fs.String("web.listen-address", "127.0.0.1:9464", "address for /-/healthy, /-/ready and /metrics")
+	logLevel := fs.String("log.level", "info", "log level: debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: vigil run [flags]\n\nJoins the Kafka consumer group and scores the events topic: alerts (contract v1)\nas JSONL on stdout, rejected events (dead letters) with their reason on stderr.\nStops on SIGINT or SIGTERM after writing and committing what it has read.\nSASL passwords come from a file or an environment variable named in the\nconfiguration, never from flags.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "vigil run: unexpected argument %q\n", fs.Arg(0))
+		return errUsage
+	}
+	cfg, err := loadConfig(*configPath)
+	if err != nil {
+		return err
+	}
+	kc := cfg.Kafka
+	if *brokers != "" {
+		kc.Brokers = strings.Split(*brokers, ",")
+	}
+	if *topic != "" {
+		kc.Topic = *topic
+	}
+	if *group != "" {
+		kc.Group = *group
+	}
+	if err := kc.Validate(); err != nil {
+		return err
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log.level: %w", err)
+	}
+
+	// The logger and the dead-letter lines share stderr; whole lines only.
+	errw := &lockedWriter{w: stderr}
+	log := slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: lvl}))
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	sink := &stdioSink{out: stdout, errw: errw}
+	rt, err := detector.NewRuntime(kc, cfg.Detector, sink, reg, log)
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("--web.listen-address: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "vigil is healthy.")
+	})
+	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !rt.Ready() {
+			http.Error(w, "vigil has not joined its consumer group yet.", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "vigil is ready.")
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	// Two actors: the web server and the runtime. Either ending stops the
+	// other.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srvDone := make(chan error, 1)
+	go func() {
+		err := srv.Serve(ln)
+		if !errors.Is(err, http.ErrServerClosed) {
+			cancel()
+		}
+		srvDone <- err
+	}()
+	log.Info("vigil run", "version", version, "web", "http://"+ln.Addr().String(), "brokers", kc.Brokers, "topic", kc.Topic, "group", kc.Group)
+
+	runErr := rt.Run(ctx)
+
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("web server shutdown", "err", err)
+	}
+	srvErr := <-srvDone
+	if runErr != nil {
+		return fmt.Errorf("run: %w", runErr)
+	}
+	if !errors.Is(srvErr, http.ErrServerClosed) {
+		return fmt.Errorf("run: web server: %w", srvErr)
+	}
+	log.Info("stopped: output written and offsets committed")
+	return nil
+}
+
+// lockedWriter serialises writes from several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+// stdioSink is the sink of `vigil run` until the real sinks exist: alerts as
+// JSONL on stdout, dead letters as one line each on stderr. A batch is
+// durable once written to the file descriptor. (It belongs in sinks/ once
+// that package exists.)
+type stdioSink struct {
+	mu   sync.Mutex
+	out  io.Writer
+	errw io.Writer
+	buf  bytes.Buffer
+}
+
+var _ detector.Sink = (*stdioSink)(nil)
+
+func (s *stdioSink) Name() string { return "stdio" }
+
+// Write is safe for concurrent use; partitions' batches do not interleave.
+func (s *stdioSink) Write(_ context.Context, b detector.Batch) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(b.DeadLetters) > 0 {
+		s.buf.Reset()
+		for _, d := range b.DeadLetters {
+			fmt.Fprintf(&s.buf, "dead-letter topic=%s partition=%d offset=%d reason=%s key=%s detail=%s\n",
+				d.Topic, d.Partition, d.Offset, d.Reason, strconv.Quote(string(d.Key)), strconv.Quote(d.Detail))
+		}
+		if _, err := s.errw.Write(s.buf.Bytes()); err != nil {
+			return stdioErr("dead letters", err)
+		}
+	}
+	if len(b.Alerts) > 0 {
+		s.buf.Reset()
+		enc := json.NewEncoder(&s.buf)
+		for _, a := range b.Alerts {
+			if err := enc.Encode(a); err != nil {
+				return fmt.Errorf("stdio: encode alert %s: %w", a.AlertID, errors.Join(err, detector.ErrPermanent))
+			}
+		}
+		if _, err := s.out.Write(s.buf.Bytes()); err != nil {
+			return stdioErr("alerts", err)
+		}
+	}
+	return nil
+}
+
+// stdioErr marks a closed pipe or file as permanent: retrying cannot help.
+func stdioErr(what string, err error) error {
+	if errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrClosed) {
+		err = errors.Join(err, detector.ErrPermanent)
+	}
+	return fmt.Errorf("stdio: write %s: %w", what, err)
+}

@@ -1,0 +1,234 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"go.uber.org/goleak"
+)
+
+// syncBuffer is a bytes.Buffer safe for a writer and a polling reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+var devbrokerAddr = regexp.MustCompile(`listening on (\S+) `)
+
+// startDevbroker runs `vigil devbroker` in-process on a free port until the
+// test ends, and returns its address.
+func startDevbroker(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errb syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- runDevbroker(ctx, append([]string{"--listen", "127.0.0.1:0"}, args...), &out, &errb) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("devbroker: %v", err)
+		}
+	})
+	var addr string
+	waitFor(t, 10*time.Second, "devbroker to listen", func() bool {
+		m := devbrokerAddr.FindStringSubmatch(out.String())
+		if m != nil {
+			addr = m[1]
+		}
+		return m != nil
+	})
+	return addr
+}
+
+func TestDevbrokerServesTopics(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	addr := startDevbroker(t, "--topic", "agent-events:3", "--topic", "vigil-state:2")
+	conn, err := kafka.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	parts, err := conn.ReadPartitions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := map[string]int{}
+	for _, p := range parts {
+		n[p.Topic]++
+	}
+	if n["agent-events"] != 3 || n["vigil-state"] != 2 || len(n) != 2 {
+		t.Errorf("topics: %v, want agent-events:3 and vigil-state:2", n)
+	}
+
+	for _, bad := range [][]string{{"--topic", "agent-events"}, {"--topic", "a:0"}, {"--topic", "a b:1"}, {"--topic", "a:1", "--topic", "a:2"}, {"extra"}} {
+		var out, errb bytes.Buffer
+		if err := runDevbroker(context.Background(), append([]string{"--listen", "127.0.0.1:0"}, bad...), &out, &errb); err == nil {
+			t.Errorf("devbroker %v: no error", bad)
+		}
+	}
+}
+
+// vigil run against vigil devbroker: it becomes ready, reports rejected
+// events with their reason on stderr, and on SIGTERM exits 0 with every
+// offset committed.
+func TestRunConsumesAndExitsCleanlyOnSIGTERM(t *testing.T) {
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+	addr := startDevbroker(t, "--topic", "agent-events:2")
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	var msgs []kafka.Message
+	for i := range 40 {
+		msgs = append(msgs, kafka.Message{Key: []byte(fmt.Sprintf("a%d", i%4)), Value: []byte(fmt.Sprintf(
+			`{"event_id":"e%d","ts":"2026-03-02T10:%02d:00Z","agent_id":"spiffe://bank.example/agent/a%d","target_id":"svc","action":"get","decision":"allow"}`, i, i, i%4))})
+	}
+	msgs = append(msgs, kafka.Message{Key: []byte("x"), Value: []byte(`{"event_id":"bad"`)},
+		kafka.Message{Key: []byte("y"), Value: []byte(`{"event_id":"e99","ts":"yesterday","agent_id":"a","target_id":"t","action":"x","decision":"allow"}`)})
+	w := &kafka.Writer{Addr: kafka.TCP(addr), Topic: "agent-events", Transport: tr, RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond}
+	if err := w.WriteMessages(context.Background(), msgs...); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+
+	var stdout, stderr syncBuffer
+	rc := make(chan int, 1)
+	go func() {
+		rc <- run([]string{"run", "--kafka.brokers", addr, "--kafka.group", "cmd-test", "--web.listen-address", "127.0.0.1:0"}, nil, &stdout, &stderr)
+	}()
+	var web string
+	waitFor(t, 10*time.Second, "the web address in the log", func() bool {
+		m := regexp.MustCompile(`web=(http://\S+)`).FindStringSubmatch(stderr.String())
+		if m != nil {
+			web = m[1]
+		}
+		return m != nil
+	})
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	get := func(path string) (int, string) {
+		resp, err := client.Get(web + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/-/healthy"); code != 200 {
+		t.Errorf("/-/healthy: %d", code)
+	}
+	waitFor(t, 20*time.Second, "/-/ready", func() bool { code, _ := get("/-/ready"); return code == 200 })
+	waitFor(t, 20*time.Second, "two dead letters on stderr", func() bool { return strings.Count(stderr.String(), "dead-letter ") == 2 })
+	for _, want := range []string{"reason=bad_json", "reason=bad_timestamp"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr lacks %s:\n%s", want, stderr.String())
+		}
+	}
+	waitFor(t, 10*time.Second, "42 messages in /metrics", func() bool {
+		_, body := get("/metrics")
+		return strings.Contains(body, `vigil_consumer_messages_total{partition="0"}`) && metricSum(body, "vigil_consumer_messages_total") == 42
+	})
+
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-rc:
+		if code != 0 {
+			t.Fatalf("vigil run exited %d on SIGTERM:\n%s", code, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("vigil run did not exit within 20s of SIGTERM")
+	}
+	cl := &kafka.Client{Addr: kafka.TCP(addr), Transport: tr}
+	resp, err := cl.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: "cmd-test", Topics: map[string][]int{"agent-events": {0, 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var committed int64
+	for _, p := range resp.Topics["agent-events"] {
+		committed += p.CommittedOffset
+	}
+	if committed != 42 {
+		t.Errorf("committed offsets sum to %d, want 42: %+v", committed, resp.Topics)
+	}
+	if stdout.String() != "" && !strings.HasPrefix(stdout.String(), `{"alert_id":`) {
+		t.Errorf("stdout is not alerts: %.200s", stdout.String())
+	}
+}
+
+// metricSum adds the values of a metric's series in Prometheus text format.
+func metricSum(body, name string) float64 {
+	var sum float64
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, name+"{") || strings.HasPrefix(l, name+" ") {
+			var v float64
+			if _, err := fmt.Sscan(l[strings.LastIndexByte(l, ' ')+1:], &v); err == nil {
+				sum += v
+			}
+		}
+	}
+	return sum
+}
+
+func TestRunRejectsBadFlagsAndConfig(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		rc   int
+		want string
+	}{
+		{[]string{"run", "--kafka.brokers", "nohost"}, 1, "kafka.brokers"},
+		{[]string{"run", "--kafka.topic", "bad topic"}, 1, "kafka.topic"},
+		{[]string{"run", "--config", writeFile(t, dir, "k.yaml", "kafka:\n  sasl:\n    mechanism: PLAIN\n    username: u\n    password: hunter2\n")}, 1, "password"},
+		{[]string{"run", "--config", writeFile(t, dir, "s.yaml", "kafka:\n  sasl:\n    mechanism: PLAIN\n    username: u\n    password_env: VIGIL_TEST_NO_SUCH_VAR\n")}, 1, "VIGIL_TEST_NO_SUCH_VAR"},
+		{[]string{"run", "--web.listen-address", "256.0.0.1:1"}, 1, "web.listen-address"},
+		{[]string{"run", "stray"}, 2, "unexpected argument"},
+	} {
+		var out, errb bytes.Buffer
+		if rc := run(tc.args, nil, &out, &errb); rc != tc.rc || !strings.Contains(errb.String(), tc.want) {
+			t.Errorf("%v: rc %d, stderr %q; want rc %d mentioning %s", tc.args, rc, errb.String(), tc.rc, tc.want)
+		}
+	}
+}
+
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := dir + "/" + name
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

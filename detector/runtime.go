@@ -1,0 +1,368 @@
+package detector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/vigil-sec/vigil/features"
+)
+
+// Sink delivers a batch to one destination. Write blocks until the batch is
+// durable there or ctx ends; it is called from several partition workers at
+// once, so it must be safe for concurrent use. A failed Write is retried with
+// the same batch (capped exponential backoff), so a sink sees some batches
+// more than once: alert_id makes alerts idempotent downstream. Errors
+// wrapping ErrPermanent are not retried: the Runtime stops with that error
+// and commits nothing past the batch. b's slices are valid only until Write
+// returns; the *Alert values are never reused and may be kept.
+type Sink interface {
+	Name() string
+	Write(ctx context.Context, b Batch) error
+}
+
+// ErrPermanent is wrapped by a Sink error that retrying cannot fix (the
+// destination rejects the data or the configuration is wrong).
+var ErrPermanent = errors.New("permanent sink error")
+
+// Batch is what a partition worker writes at once: the alerts and dead
+// letters produced by consecutive messages of one partition.
+type Batch struct {
+	Topic       string
+	Partition   int
+	Alerts      []*Alert
+	DeadLetters []DeadLetter
+}
+
+// Len is the number of outputs in b.
+func (b *Batch) Len() int { return len(b.Alerts) + len(b.DeadLetters) }
+
+func (b *Batch) reset() {
+	clear(b.Alerts)
+	clear(b.DeadLetters)
+	b.Alerts, b.DeadLetters = b.Alerts[:0], b.DeadLetters[:0]
+}
+
+// DeadLetter is a message that was not scored (invalid or late), with why.
+// Duplicates are not dead letters: they are dropped and counted.
+type DeadLetter struct {
+	Topic     string
+	Partition int
+	Offset    int64
+	Key       []byte
+	Value     []byte
+	Time      time.Time       // the message's timestamp
+	Reason    features.Reason // bounded: the decoder's reasons, or ReasonLate
+	Detail    string          // the full error, for people
+}
+
+// ReasonInvalid is the reason of a rejection that carries no decoder reason.
+const ReasonInvalid features.Reason = "invalid"
+
+// rejectReason classifies an error returned by Pipeline.Process.
+func rejectReason(err error) features.Reason {
+	if errors.Is(err, ErrLate) {
+		return ReasonLate
+	}
+	var fe *features.FieldError
+	if errors.As(err, &fe) && fe.Reason != "" {
+		return fe.Reason
+	}
+	return ReasonInvalid
+}
+
+// AdvanceTo moves the watermark as if an event at time ts (Unix ns) had
+// arrived, closing every window that ends at or before ts minus the allowed
+// lateness, without changing the newest event time seen. The Runtime calls it
+// when a partition is idle, so open windows close without new events. It is a
+// no-op before the first event and when ts is not ahead of the watermark.
+// Events arriving later for the closed windows are late.
+func (p *Pipeline) AdvanceTo(ts int64) {
+	if p.started {
+		p.advance(ts)
+	}
+}
+
+// Runtime consumes the events topic as one member of a Kafka consumer group
+// (kafka-go's ConsumerGroup) and runs one Pipeline per assigned partition,
+// each owned by one worker goroutine, which writes the partition's alerts and
+// dead letters to the Sink and commits the partition's offset.
+//
+// Delivery is at least once: a worker commits offset N+1 only after every
+// output produced from messages up to N has been written. A failing Sink
+// blocks its worker (backpressure) and is retried; nothing is dropped. When a
+// generation ends (rebalance) or Run's context ends, workers stop reading,
+// write what they hold (for at most ShutdownTimeout), commit and return. A
+// partition that stays with this member across a rebalance keeps its Pipeline
+// (baselines, open windows); one that arrives from elsewhere starts with a new
+// Pipeline at the committed offset. (State checkpoints to the vigil-state
+// topic, which will carry agents across members, are not built yet: a moved
+// partition's agents restart cold.)
+type Runtime struct {
+	cfg    RuntimeConfig
+	det    Config
+	sink   Sink
+	log    *slog.Logger
+	dialer *kafka.Dialer
+	m      *runtimeMetrics
+	now    func() time.Time // wall clock; tests move it
+
+	ready   atomic.Bool
+	workers sync.WaitGroup // partition workers, across generations
+
+	mu       sync.Mutex
+	parked   map[int]*partState // between generations: partitions last held here
+	assigned []int
+	fatal    error
+	stop     context.CancelCauseFunc
+}
+
+// NewRuntime checks both configurations and builds the Kafka dialer (reading
+// TLS files and the SASL password). Metrics are registered with reg (nil:
+// not registered); log may be nil (no logging). Call Run to start.
+func NewRuntime(cfg RuntimeConfig, det Config, sink Sink, reg prometheus.Registerer, log *slog.Logger) (*Runtime, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := det.Validate(); err != nil {
+		return nil, err
+	}
+	if sink == nil {
+		return nil, errors.New("runtime: a sink is required")
+	}
+	d, err := cfg.Dialer()
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Runtime{
+		cfg: cfg, det: det, sink: sink, log: log, dialer: d,
+		m:      newRuntimeMetrics(reg, sink.Name()),
+		now:    time.Now,
+		parked: make(map[int]*partState),
+	}, nil
+}
+
+// Ready reports whether the Runtime has joined its consumer group: true from
+// the first generation until Run returns. Safe for concurrent use.
+func (r *Runtime) Ready() bool { return r.ready.Load() }
+
+// Assigned returns the partitions this member holds in the current
+// generation, sorted. Safe for concurrent use.
+func (r *Runtime) Assigned() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.assigned)
+}
+
+// Run joins the group and consumes until ctx ends, then lets every worker
+// write its output and commit, leaves the group and returns nil. It returns
+// an error only if the group cannot be set up or a Sink fails permanently.
+// Join and connection errors are logged and retried. Run may be called once.
+func (r *Runtime) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	r.mu.Lock()
+	r.stop = cancel
+	r.mu.Unlock()
+	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID:                    r.cfg.Group,
+		Brokers:               r.cfg.Brokers,
+		Dialer:                r.dialer,
+		Topics:                []string{r.cfg.Topic},
+		HeartbeatInterval:     r.cfg.HeartbeatInterval,
+		SessionTimeout:        r.cfg.SessionTimeout,
+		RebalanceTimeout:      r.cfg.RebalanceTimeout,
+		JoinGroupBackoff:      r.cfg.JoinBackoff,
+		WatchPartitionChanges: true,
+		StartOffset:           r.cfg.startOffset(),
+		Timeout:               r.cfg.DialTimeout,
+		ErrorLogger:           kafkaLogger(r.log),
+	})
+	if err != nil {
+		return fmt.Errorf("kafka: consumer group %s: %w", r.cfg.Group, err)
+	}
+	r.log.Info("joining consumer group", "group", r.cfg.Group, "topic", r.cfg.Topic, "brokers", r.cfg.Brokers)
+	for {
+		gen, err := cg.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed) {
+				break
+			}
+			lvl := slog.LevelWarn
+			if errors.Is(err, kafka.RebalanceInProgress) {
+				lvl = slog.LevelDebug
+			}
+			r.log.Log(ctx, lvl, "consumer group: joining failed, retrying", "group", r.cfg.Group, "err", err)
+			r.setAssigned(nil)
+			continue
+		}
+		r.startGeneration(ctx, gen)
+	}
+	// Closing the group ends the generation, waits for its workers (which
+	// write their output and commit) and leaves the group.
+	cerr := cg.Close()
+	r.workers.Wait()
+	r.ready.Store(false)
+	r.setAssigned(nil)
+	r.mu.Lock()
+	for id, ps := range r.parked {
+		ps.dropped(r.log)
+		delete(r.parked, id)
+	}
+	fatal := r.fatal
+	r.mu.Unlock()
+	if fatal != nil {
+		return fatal
+	}
+	if cerr != nil {
+		return fmt.Errorf("kafka: leave group %s: %w", r.cfg.Group, cerr)
+	}
+	return nil
+}
+
+// fail stops the Runtime with err (the first one wins).
+func (r *Runtime) fail(err error) {
+	r.mu.Lock()
+	if r.fatal == nil {
+		r.fatal = err
+	}
+	stop := r.stop
+	r.mu.Unlock()
+	if stop != nil {
+		stop(err)
+	}
+}
+
+func (r *Runtime) setAssigned(ids []int) {
+	r.mu.Lock()
+	r.assigned = ids
+	r.mu.Unlock()
+	r.m.assigned.Set(float64(len(ids)))
+}
+
+// startGeneration starts one worker per partition of the topic assigned to
+// this member. Every worker of the previous generation has returned (kafka-go
+// waits for them before it delivers the next generation).
+func (r *Runtime) startGeneration(ctx context.Context, gen *kafka.Generation) {
+	// kafka-go has waited for the previous generation's workers, except
+	// those it started after that generation had ended; never let two
+	// workers own one partition.
+	r.workers.Wait()
+	as := gen.Assignments[r.cfg.Topic]
+	ids := make([]int, len(as))
+	for i, a := range as {
+		ids[i] = a.ID
+	}
+	slices.Sort(ids)
+	r.mu.Lock()
+	for id, ps := range r.parked {
+		if !slices.Contains(ids, id) {
+			ps.dropped(r.log)
+			delete(r.parked, id)
+		}
+	}
+	r.mu.Unlock()
+	r.setAssigned(ids)
+	r.ready.Store(true)
+	r.m.generations.Inc()
+	r.log.Info("consumer group generation", "group", r.cfg.Group, "generation", gen.ID, "member", gen.MemberID, "partitions", ids)
+	for _, a := range as {
+		r.workers.Add(1)
+		gen.Start(func(gctx context.Context) {
+			defer r.workers.Done()
+			r.work(ctx, gctx, gen, a)
+		})
+	}
+}
+
+// takeParked returns the state this member kept for partition id if it can
+// continue from it, given the offset committed for the partition.
+func (r *Runtime) takeParked(id int, committed int64) *partState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ps := r.parked[id]
+	delete(r.parked, id)
+	if ps == nil || ps.next < 0 {
+		return nil
+	}
+	// Everything below ps.next went through this Pipeline and its output is
+	// written or still pending in ps; the committed offset can only be
+	// behind. Ahead means someone moved the offset: start over there.
+	if committed >= 0 && committed > ps.next {
+		ps.dropped(r.log)
+		return nil
+	}
+	return ps
+}
+
+func (r *Runtime) park(ps *partState) {
+	r.mu.Lock()
+	r.parked[ps.id] = ps
+	r.mu.Unlock()
+}
+
+// runtimeMetrics are the Runtime's Prometheus metrics.
+type runtimeMetrics struct {
+	messages     *prometheus.CounterVec
+	deadLetters  *prometheus.CounterVec
+	alerts       *prometheus.CounterVec
+	windows      prometheus.Counter
+	sinkFailures prometheus.Counter
+	committed    *prometheus.GaugeVec
+	assigned     prometheus.Gauge
+	generations  prometheus.Counter
+}
+
+func newRuntimeMetrics(reg prometheus.Registerer, sink string) *runtimeMetrics {
+	f := promauto.With(reg)
+	return &runtimeMetrics{
+		messages: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_consumer_messages_total", Help: "Messages read from the events topic, by partition.",
+		}, []string{"partition"}),
+		deadLetters: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_consumer_dead_letters_total", Help: "Messages rejected (not scored), by reason.",
+		}, []string{"reason"}),
+		alerts: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_detector_alerts_total", Help: "Alerts produced, by severity.",
+		}, []string{"severity"}),
+		windows: f.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_detector_windows_closed_total", Help: "Agent windows closed and scored.",
+		}),
+		sinkFailures: f.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_sink_write_failures_total", Help: "Failed sink writes (each is retried).",
+			ConstLabels: prometheus.Labels{"sink": sink},
+		}),
+		committed: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vigil_consumer_committed_offset", Help: "Last offset committed, by partition.",
+		}, []string{"partition"}),
+		assigned: f.NewGauge(prometheus.GaugeOpts{
+			Name: "vigil_consumer_assigned_partitions", Help: "Partitions this member holds.",
+		}),
+		generations: f.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_consumer_generations_total", Help: "Consumer group generations joined (rebalances).",
+		}),
+	}
+}
+
+func partitionLabel(id int) string { return strconv.Itoa(id) }
+
+// kafkaLogger adapts kafka-go's printf logger to slog (at warning level: it
+// is only given the error logger).
+func kafkaLogger(log *slog.Logger) kafka.Logger {
+	return kafka.LoggerFunc(func(format string, args ...any) {
+		log.Warn(fmt.Sprintf(format, args...), "component", "kafka-go")
+	})
+}
