@@ -5,15 +5,20 @@ GO ?= go
 BIN := bin/vigil
 DEMO_DIR ?= $(or $(TMPDIR),/tmp)/vigil-demo
 
-.PHONY: all build test test-unit test-race vet fmt-check demo bench bench-speed bench-quality fuzz clean
+.PHONY: all build deps test vet fmt-check demo bench bench-speed bench-quality fuzz clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/vigil
 
+## deps: what the tests need beyond Go: kcat (a third-party Kafka client, Debian package).
+deps:
+	@command -v kcat >/dev/null 2>&1 || { echo "installing kcat (Debian package)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat; }
+
 ## test: everything CI checks (formatting, vet, unit + integration tests, race detector).
-test: fmt-check vet
+test: deps fmt-check vet
 	$(GO) test -count=1 ./...
 	$(GO) test -count=1 -race ./detector/...
 
