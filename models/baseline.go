@@ -68,10 +68,14 @@ type Baseline struct {
 	// Negative-binomial dispersion φ (variance = μ + φμ²; 0 for Poisson
 	// traffic) as a ratio of decayed sums: Σ((x−μ)² − μ) / Σμ².
 	dispNum, dispDen float32
+	// The same sums over quiet slots only (under one event per window
+	// expected), where a regular agent is close to Poisson whatever its busy
+	// hours do.
+	quietNum, quietDen float32
 	// Decayed shares of windows by how far their count was above the
 	// seasonal expectation, for busy and quiet slots (see quiet): bucket i
 	// holds (x+1)/(μ+1) in [2^i, 2^(i+1)).
-	ratio      [2][8]float32
+	ratio      [3][8]float32
 	tail       [numGauss][2]float32 // decayed shares of windows with z ≥ 4 and z ≥ 6
 	mix        [features.ActionBuckets]float32
 	mixN       float32
@@ -153,13 +157,25 @@ func (b *Baseline) learnCount(s int, x, slotAlpha, a, w float64) {
 		decay := 1 - a
 		b.dispNum = float32(decay*float64(b.dispNum) + w*((x-m)*(x-m)-m))
 		b.dispDen = float32(decay*float64(b.dispDen) + w*m*m)
+		if quiet(m) > 0 {
+			b.quietNum = float32(decay*float64(b.quietNum) + w*((x-m)*(x-m)-m))
+			b.quietDen = float32(decay*float64(b.quietDen) + w*m*m)
+		}
 		h := &b.ratio[quiet(m)]
 		for i := range h {
 			h[i] *= float32(1 - a*w)
 		}
 		h[ratioBucket(x, m)] += float32(a * w)
 	}
-	b.slots[s].update(x, math.Max(slotAlpha, 1/float64(int(b.slotN[s])+1))*w)
+	ws := w
+	if quiet(m) == 2 && x >= 2 {
+		// A burst into a silent slot teaches it slowly: activity in an hour the
+		// agent has been silent must not become that hour's expectation at once
+		// (an incident on the first Saturday). Bursty agents' bursts are still
+		// learned in full by the ratio histograms.
+		ws *= 0.1
+	}
+	b.slots[s].update(x, math.Max(slotAlpha, 1/float64(int(b.slotN[s])+1))*ws)
 	if b.slotN[s] < 255 {
 		b.slotN[s]++
 	}
@@ -211,13 +227,16 @@ func (b *Baseline) ratioTail(x, mu float64) float64 {
 	return t
 }
 
-// quiet separates the ratio histograms of quiet slots (under one event per
-// window expected) from busy ones: a devops bot bursts out of quiet hours, a
-// batch job only swings within its busy ones, and that must not excuse
-// activity in its silent hours.
+// quiet separates the ratio histograms of silent slots (under 0.1 events per
+// window expected), quiet ones (under 1) and busy ones: a devops bot bursts
+// out of quiet hours, a batch job swings within and at the edges of its busy
+// ones, and that must not excuse activity in its silent hours.
 func quiet(mu float64) int {
-	if mu < 1 {
-		return 1
+	switch {
+	case mu < 0.1:
+		return 2 // silent: a business bot at night
+	case mu < 1:
+		return 1 // quiet: the edges of busy hours, a bursty bot between bursts
 	}
 	return 0
 }
@@ -226,6 +245,13 @@ func quiet(mu float64) int {
 // excess variance dispPrior each, so young baselines stay wide.
 func (b *Baseline) dispersion() float64 {
 	return math.Max(0, float64(b.dispNum)+priorWindows*dispPrior) / (float64(b.dispDen) + priorWindows)
+}
+
+// quietDispersion is φ in quiet slots, with a prior worth one window of
+// μ² = 1 and φ = 1: quiet windows carry little information about φ, so the
+// prior fades only as evidence of the agent's quiet-hour behaviour piles up.
+func (b *Baseline) quietDispersion() float64 {
+	return math.Max(0, float64(b.quietNum)+0.1) / (float64(b.quietDen) + 0.1)
 }
 
 // slotMean is the expected count per window in slot s. A slot with few

@@ -228,6 +228,12 @@ func (m *Model) Evaluate(v *features.Vector, a, p *Baseline, res *Result) {
 	s := slotOf(v.HourOfWeek)
 	mu, disp := m.expectedCount(a, p, s, warmPeer)
 	k := v.Value[features.EventCount]
+	if quiet(mu) > 0 {
+		disp = a.quietDispersion()
+		if warmPeer {
+			disp = math.Max(disp, p.quietDispersion())
+		}
+	}
 	pc := countTail(k, mu, disp)
 	if k > mu {
 		// An agent that has often been this far above its expectation

@@ -126,6 +126,8 @@ func (b *Baseline) fields(c codec) {
 	c.f32(&b.hourNum)
 	c.f32(&b.hourDen)
 	c.u16(&b.hourN)
+	c.f32(&b.quietNum)
+	c.f32(&b.quietDen)
 }
 
 type codec interface {
