@@ -610,9 +610,10 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 		}
 	}
 	// First-seen items over the hour so far against the sum of the windows'
-	// expectations, under a geometric (negative binomial, φ = 1) spread: a
-	// lateral movement that touches two or three new targets per window adds
-	// up to more than any one window shows.
+	// expectations, under a mildly overdispersed negative binomial (φ = 0.25;
+	// the per-window compound model already allows for novelty coming in
+	// clumps): a lateral movement that touches two or three new targets per
+	// window adds up to more than any one window shows.
 	for i, f := range hourNovelty {
 		if !res.Scored[f] {
 			continue
@@ -623,7 +624,7 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 			continue
 		}
 		x, lam := float64(a.hourNew[i]), float64(a.hourNewExp[i])
-		if ph := math.Min(1, effectiveTests*countTail(x, lam, 1)); ph < p {
+		if ph := math.Min(1, effectiveTests*countTail(x, lam, 0.25)); ph < p {
 			p, bf, hourly, hourVal, hourExp = ph, f, f.String()+"_this_hour", x, lam
 		}
 	}
