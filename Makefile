@@ -5,7 +5,7 @@ GO ?= go
 BIN := bin/vigil
 DEMO_DIR ?= $(or $(TMPDIR),/tmp)/vigil-demo
 
-.PHONY: all build deps test vet fmt-check demo bench bench-speed bench-quality fuzz clean
+.PHONY: all build deps test vet fmt-check demo demo-replay bench bench-speed bench-quality fuzz clean
 
 all: build
 
@@ -29,8 +29,13 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
-## demo: simulate a fleet with incidents, replay it through the detector, score the result.
+## demo: stream a simulated fleet with incidents through an in-process Kafka-protocol broker
+## into two vigil instances (one consumer group), live; score what they caught. About a minute.
 demo: build
+	$(BIN) demo
+
+## demo-replay: the offline path: simulate a fleet to files, replay it through the detector, score the result.
+demo-replay: build
 	@mkdir -p $(DEMO_DIR)
 	@echo "== simulating a fleet (events and labelled incidents in $(DEMO_DIR))"
 	$(BIN) simulate --out $(DEMO_DIR)/events.jsonl --truth $(DEMO_DIR)/truth.jsonl

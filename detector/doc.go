@@ -20,10 +20,18 @@
 // partition. Workers hand alerts and dead letters (rejected events, with
 // their reason) to a Sink, the small interface sinks implement, and commit a
 // partition's offset only past messages whose output the Sink has made
-// durable (at least once; a failing Sink blocks, it never drops). Idle
-// partitions close their windows by the wall clock.
+// durable (at least once; a failing Sink blocks, it never drops) and whose
+// effect on the partition's state is checkpointed. Idle partitions close
+// their windows by the wall clock.
 //
-// Not here yet: state checkpoints (a partition that moves to another member
-// restarts its agents cold), eviction of idle agents (memory grows with the
-// number of distinct agents), the sinks themselves (package sinks).
+// State survives members: each partition's agents, peer groups, watermark
+// and duplicate filter are checkpointed (only what changed) to partition P
+// of the compacted state topic, and a partition assigned to a member is
+// restored from its last checkpoint before it is consumed, so a rebalance,
+// a restart or a crash restarts no agent cold and counts no event twice. The
+// protocol (records, keys, markers, terms, and what a crash at any point
+// leaves) is described in checkpoint.go.
+//
+// Not here yet: eviction of idle agents (memory grows with the number of
+// distinct agents of a partition), the sinks themselves (package sinks).
 package detector

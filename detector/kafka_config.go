@@ -28,6 +28,12 @@ type RuntimeConfig struct {
 	Topic string `yaml:"topic"`
 	// Group is the consumer group id shared by every vigil instance.
 	Group string `yaml:"group"`
+	// StateTopic is the compacted topic that holds each partition's
+	// checkpointed state (agents, peer groups, watermark), partition P for
+	// events partition P: it must have as many partitions as Topic. Run
+	// creates it (cleanup.policy=compact, the broker's default replication)
+	// if it does not exist.
+	StateTopic string `yaml:"state_topic"`
 	// ClientID identifies vigil to the brokers (logs, quotas).
 	ClientID string `yaml:"client_id"`
 	// StartOffset is where a partition without a committed offset starts:
@@ -38,9 +44,11 @@ type RuntimeConfig struct {
 	// at most every IdleTimeout/2), advances its event-time clock with the
 	// wall clock, so its open windows still close.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
-	// CommitInterval is how often a partition commits its offset (at most;
-	// never past output that is not yet written).
-	CommitInterval time.Duration `yaml:"commit_interval"`
+	// CheckpointInterval is how often a partition checkpoints its state to
+	// StateTopic and then commits its offset (never past output that is not
+	// yet written). It bounds what a crash makes the next owner reprocess.
+	// Partitions also checkpoint when they leave this member.
+	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
 	// MaxBatch is how many messages a partition processes before it writes
 	// the alerts and dead letters they produced, even while backlogged.
 	MaxBatch int `yaml:"max_batch"`
@@ -49,9 +57,10 @@ type RuntimeConfig struct {
 	RetryBackoff    time.Duration `yaml:"retry_backoff"`
 	MaxRetryBackoff time.Duration `yaml:"max_retry_backoff"`
 	// ShutdownTimeout bounds how long a partition worker keeps trying to
-	// write its last output when it stops (rebalance or shutdown). Output
-	// still unwritten then is not committed: the partition's next owner
-	// reprocesses it. Must be below RebalanceTimeout.
+	// write its last output and checkpoint when it stops (rebalance or
+	// shutdown). What is still unwritten then is not committed: the
+	// partition's next owner reprocesses it from the last checkpoint. Must
+	// be below RebalanceTimeout.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// FetchMaxWait bounds how long a fetch waits at the broker for new data
 	// (kafka-go asks the broker for 3/4 of it below 1s, and for it minus 1s
@@ -111,27 +120,29 @@ const (
 )
 
 // DefaultRuntimeConfig returns the defaults: the local development broker
-// (`vigil devbroker`), topic agent-events, group vigil.
+// (`vigil devbroker`), topic agent-events, group vigil, state in
+// vigil-state, checkpoints every 10s.
 func DefaultRuntimeConfig() RuntimeConfig {
 	return RuntimeConfig{
-		Brokers:           []string{"127.0.0.1:9092"},
-		Topic:             "agent-events",
-		Group:             "vigil",
-		ClientID:          "vigil",
-		StartOffset:       "earliest",
-		IdleTimeout:       30 * time.Second,
-		CommitInterval:    time.Second,
-		MaxBatch:          4096,
-		RetryBackoff:      100 * time.Millisecond,
-		MaxRetryBackoff:   10 * time.Second,
-		ShutdownTimeout:   10 * time.Second,
-		FetchMaxWait:      500 * time.Millisecond,
-		FetchMaxBytes:     1 << 20,
-		SessionTimeout:    30 * time.Second,
-		HeartbeatInterval: 3 * time.Second,
-		RebalanceTimeout:  30 * time.Second,
-		JoinBackoff:       2 * time.Second,
-		DialTimeout:       10 * time.Second,
+		Brokers:            []string{"127.0.0.1:9092"},
+		Topic:              "agent-events",
+		Group:              "vigil",
+		StateTopic:         "vigil-state",
+		ClientID:           "vigil",
+		StartOffset:        "earliest",
+		IdleTimeout:        30 * time.Second,
+		CheckpointInterval: 10 * time.Second,
+		MaxBatch:           4096,
+		RetryBackoff:       100 * time.Millisecond,
+		MaxRetryBackoff:    10 * time.Second,
+		ShutdownTimeout:    10 * time.Second,
+		FetchMaxWait:       500 * time.Millisecond,
+		FetchMaxBytes:      1 << 20,
+		SessionTimeout:     30 * time.Second,
+		HeartbeatInterval:  3 * time.Second,
+		RebalanceTimeout:   30 * time.Second,
+		JoinBackoff:        2 * time.Second,
+		DialTimeout:        10 * time.Second,
 	}
 }
 
@@ -157,6 +168,12 @@ func (c RuntimeConfig) Validate() error {
 	if c.Group == "" {
 		return bad("group", "must not be empty")
 	}
+	if err := validTopic(c.StateTopic); err != "" {
+		return bad("state_topic", err)
+	}
+	if c.StateTopic == c.Topic {
+		return bad("state_topic", fmt.Sprintf("%q is the events topic: the state needs a topic of its own", c.StateTopic))
+	}
 	if c.StartOffset != "earliest" && c.StartOffset != "latest" {
 		return bad("start_offset", fmt.Sprintf("%q: want earliest or latest", c.StartOffset))
 	}
@@ -164,7 +181,7 @@ func (c RuntimeConfig) Validate() error {
 		name string
 		v    time.Duration
 	}{
-		{"idle_timeout", c.IdleTimeout}, {"commit_interval", c.CommitInterval},
+		{"idle_timeout", c.IdleTimeout}, {"checkpoint_interval", c.CheckpointInterval},
 		{"retry_backoff", c.RetryBackoff}, {"max_retry_backoff", c.MaxRetryBackoff},
 		{"shutdown_timeout", c.ShutdownTimeout}, {"fetch_max_wait", c.FetchMaxWait},
 		{"session_timeout", c.SessionTimeout}, {"heartbeat_interval", c.HeartbeatInterval},

@@ -16,13 +16,45 @@ import (
 // partState is one partition's state on this member. A worker owns it while
 // it runs; between generations the Runtime keeps it (parked) as long as the
 // partition stays assigned here, so a rebalance that leaves the partition in
-// place loses nothing. (The state checkpoint will be taken from here.)
+// place loses nothing and needs no restore. Its checkpoints go to the state
+// topic (checkpoint.go).
 type partState struct {
 	id      int
 	p       *Pipeline
 	pending Batch // outputs of messages below next not yet written
 	next    int64 // offset of the next message to process; -1 before the first
 	windows int   // windows closed since last counted in metrics
+	gen     int32 // the generation whose worker last ran it
+	ck      ckState
+}
+
+// ckState is a partition's checkpoint bookkeeping (see checkpoint.go).
+type ckState struct {
+	term uint64 // this owner's term: random, drawn when the partition arrives
+	seq  uint64 // the term's last completed checkpoint (its marker is written)
+	full bool   // the next checkpoint writes everything (the first of a term)
+	// offset of the last checkpoint written or restored; -1: none.
+	offset int64
+	// Written since the last completed checkpoint: agents and peer groups
+	// changed, whether the pipeline's own state changed.
+	agents, classes []string
+	changed         bool
+	// The duplicate filter in the last completed checkpoint: its
+	// generation and the pieces of it and of the one before; dedupWhole:
+	// the next checkpoint writes both generations whole. dedupKeys bounds
+	// the pieces written of each generation (to delete them).
+	dedupGen            uint64
+	dedupCur, dedupPrev int
+	dedupWhole          bool
+	dedupKeys           map[uint64]int
+	stale               []string  // keys to delete in the first checkpoint of the term
+	last                time.Time // last attempt
+	buf                 []byte
+}
+
+// newTerm starts a term: the next checkpoint writes everything.
+func (ck *ckState) newTerm() {
+	ck.term, ck.seq, ck.full = rand.Uint64(), 0, true
 }
 
 // dropped logs what is lost with a state that leaves this member.
@@ -41,8 +73,7 @@ type worker struct {
 	log       *slog.Logger
 	messages  prometheus.Counter
 	committed int64 // last offset committed (or found committed); -1: none
-	lastCmt   time.Time
-	unwritten int // messages processed since the last write
+	unwritten int   // messages processed since the last write
 	// Idle detection: seen counts messages; at each tick, if it has not
 	// moved since lastSeen, the partition has been quiet since lastMsg.
 	// Quiet becomes idle only when the broker confirms that nothing lies
@@ -55,7 +86,7 @@ type worker struct {
 }
 
 func (r *Runtime) newPartState(id int) (*partState, error) {
-	ps := &partState{id: id, next: -1}
+	ps := &partState{id: id, next: -1, ck: ckState{offset: -1}}
 	ps.pending.Topic, ps.pending.Partition = r.cfg.Topic, id
 	p, err := NewPipeline(r.det, func(a *Alert) {
 		ps.pending.Alerts = append(ps.pending.Alerts, a)
@@ -65,38 +96,22 @@ func (r *Runtime) newPartState(id int) (*partState, error) {
 		return nil, err
 	}
 	p.OnWindow(func(*WindowScore) { ps.windows++ })
+	p.TrackChanges()
 	ps.p = p
 	return ps, nil
 }
 
-// work is one partition's worker for one generation: it reads the partition
-// from the assigned offset, feeds the Pipeline, writes outputs and commits,
-// until the generation or the Runtime ends.
+// work is one partition's worker for one generation: it restores the
+// partition's state (unless it kept it from the previous generation), reads
+// the partition from there, feeds the Pipeline, writes outputs, checkpoints
+// and commits, until the generation or the Runtime ends.
 func (r *Runtime) work(rctx, gctx context.Context, gen *kafka.Generation, a kafka.PartitionAssignment) {
 	log := r.log.With("partition", a.ID)
-	ps := r.takeParked(a.ID, a.Offset)
-	start := a.Offset
-	if ps != nil {
-		start = ps.next
-	} else {
-		var err error
-		if ps, err = r.newPartState(a.ID); err != nil {
-			r.fail(fmt.Errorf("partition %d: %w", a.ID, err))
-			return
-		}
+	if a.ID >= r.state.parts {
+		r.fail(fmt.Errorf("kafka.state_topic: events partition %d has no state partition: %s has %d partitions and must have as many as %s (add partitions to it)",
+			a.ID, r.cfg.StateTopic, r.state.parts, r.cfg.Topic))
+		return
 	}
-	defer r.park(ps)
-	w := &worker{
-		r: r, gen: gen, ps: ps, log: log,
-		messages:  r.m.messages.WithLabelValues(partitionLabel(a.ID)),
-		committed: max(a.Offset, -1),
-		lastCmt:   r.now(),
-		lastMsg:   r.now(),
-	}
-	if w.committed >= 0 {
-		r.m.committed.WithLabelValues(partitionLabel(a.ID)).Set(float64(w.committed))
-	}
-
 	// ctx ends with the generation or the Runtime.
 	ctx, cancel := context.WithCancel(rctx)
 	watchDone := make(chan struct{})
@@ -109,6 +124,34 @@ func (r *Runtime) work(rctx, gctx context.Context, gen *kafka.Generation, a kafk
 		}
 	}()
 	defer func() { cancel(); <-watchDone }()
+
+	ps := r.takeParked(a.ID, a.Offset)
+	start := a.Offset
+	if ps != nil {
+		start = ps.next
+		if ps.gen+1 != gen.ID {
+			// Another member may have owned the partition in a
+			// generation this one missed: start a term of our own.
+			ps.ck.newTerm()
+		}
+	} else {
+		var ok bool
+		if ps, start, ok = r.restorePartition(ctx, a, log); !ok {
+			return
+		}
+	}
+	ps.gen = gen.ID
+	defer r.park(ps)
+	w := &worker{
+		r: r, gen: gen, ps: ps, log: log,
+		messages:  r.m.messages.WithLabelValues(partitionLabel(a.ID)),
+		committed: max(a.Offset, -1),
+		lastMsg:   r.now(),
+	}
+	ps.ck.last = r.now()
+	if w.committed >= 0 {
+		r.m.committed.WithLabelValues(partitionLabel(a.ID)).Set(float64(w.committed))
+	}
 
 	rc := kafka.ReaderConfig{
 		Brokers: r.cfg.Brokers, Topic: r.cfg.Topic, Partition: a.ID, Dialer: r.dialer,
@@ -137,11 +180,11 @@ func (r *Runtime) work(rctx, gctx context.Context, gen *kafka.Generation, a kafk
 
 	stopFetch()
 	<-fetchDone
-	// Stopping: write what is pending, then commit it. The generation's
-	// connection stays open until every worker has returned.
+	// Stopping: write what is pending, then checkpoint and commit. The
+	// generation's connection stays open until every worker has returned.
 	sctx, scancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
 	if w.write(sctx) {
-		w.commit(true)
+		w.checkpoint(sctx, true)
 	} else if n := ps.pending.Len(); n > 0 {
 		log.Error("stopping with unwritten output; offsets are not committed past it", "sink", r.sink.Name(), "outputs", n, "committed", w.committed)
 	}
@@ -179,7 +222,7 @@ func (w *worker) fetch(ctx context.Context, rd *kafka.Reader, msgs chan<- kafka.
 // loop processes messages until ctx ends or writing fails permanently.
 func (w *worker) loop(ctx context.Context, msgs <-chan kafka.Message) {
 	cfg := &w.r.cfg
-	tick := time.NewTicker(max(min(cfg.CommitInterval, cfg.IdleTimeout/2), 10*time.Millisecond))
+	tick := time.NewTicker(max(min(cfg.CheckpointInterval, cfg.IdleTimeout/2), 10*time.Millisecond))
 	defer tick.Stop()
 	for {
 		select {
@@ -199,7 +242,7 @@ func (w *worker) loop(ctx context.Context, msgs <-chan kafka.Message) {
 			if !w.write(ctx) {
 				return
 			}
-			w.commit(false)
+			w.checkpoint(ctx, false)
 		}
 	}
 }
@@ -239,10 +282,10 @@ func (w *worker) idle(ctx context.Context) {
 		return
 	}
 	w.lastCheck = now
-	st := w.ps.p.Stats()
-	if st.Events == 0 {
+	if !w.ps.p.started {
 		return // no open window
 	}
+	st := w.ps.p.Stats()
 	lctx, cancel := context.WithTimeout(ctx, min(w.r.cfg.DialTimeout, idle))
 	lag, err := w.rd.ReadLag(lctx)
 	cancel()
@@ -296,19 +339,94 @@ func (w *worker) write(ctx context.Context) bool {
 	}
 }
 
-// commit commits the partition's next offset when every output below it is
-// written: only after write returned true. Unless force, at most once per
-// CommitInterval.
-func (w *worker) commit(force bool) {
-	next := w.ps.next
-	if next < 0 || next <= w.committed || w.ps.pending.Len() > 0 {
+// restorePartition builds the state of a partition that arrives on this
+// member from its last checkpoint, retrying failed reads until ctx ends. It
+// returns the offset to consume from, and false when the worker must not
+// run (ctx ended, or the state cannot be used: the Runtime then stops).
+func (r *Runtime) restorePartition(ctx context.Context, a kafka.PartitionAssignment, log *slog.Logger) (*partState, int64, bool) {
+	backoff := r.cfg.RetryBackoff
+	for {
+		ps, err := r.newPartState(a.ID)
+		if err != nil {
+			r.fail(fmt.Errorf("partition %d: %w", a.ID, err))
+			return nil, 0, false
+		}
+		start, err := r.restore(ctx, ps, a.Offset, log)
+		if err == nil {
+			ps.ck.newTerm()
+			if start >= 0 {
+				ps.next = start
+			}
+			return ps, start, true
+		}
+		switch {
+		case errors.Is(err, errStatePermanent):
+			r.fail(err)
+			return nil, 0, false
+		case ctx.Err() != nil:
+			return nil, 0, false
+		}
+		r.m.restoreFailures.Inc()
+		log.Warn("state restore failed; the partition waits, retrying", "err", err, "backoff", backoff)
+		if !sleep(ctx, backoff) {
+			return nil, 0, false
+		}
+		backoff = min(2*backoff, r.cfg.MaxRetryBackoff)
+	}
+}
+
+// checkpoint writes the partition's state to the state topic, then commits
+// its offset: when something changed and, unless force, CheckpointInterval
+// has passed since the last attempt. Call it only when every output of the
+// messages below ps.next is written (write returned true). A failed
+// checkpoint commits nothing and is retried at the next interval with
+// everything it did not write.
+func (w *worker) checkpoint(ctx context.Context, force bool) {
+	ps, r := w.ps, w.r
+	ck := &ps.ck
+	if ps.next < 0 || ps.pending.Len() > 0 {
 		return
 	}
-	now := w.r.now()
-	if !force && now.Sub(w.lastCmt) < w.r.cfg.CommitInterval {
+	now := r.now()
+	if !force && now.Sub(ck.last) < r.cfg.CheckpointInterval {
 		return
 	}
-	w.lastCmt = now
+	ck.last = now
+	if ps.next == ck.offset && !ck.changed && len(ck.agents) == 0 && len(ck.classes) == 0 && !ps.p.changed &&
+		len(ps.p.changedAgents) == 0 && len(ps.p.changedClasses) == 0 {
+		if ck.offset > w.committed {
+			w.commit(ck.offset) // a restored checkpoint ahead of the committed offset
+		}
+		return
+	}
+	// A member evicted from the group (a long pause) must not write state
+	// over its successor's: make sure the generation still accepts commits.
+	if w.committed >= 0 && !w.commit(w.committed) {
+		return
+	}
+	start := time.Now()
+	if err := r.checkpoint(ctx, ps); err != nil {
+		r.m.ckFailures.Inc()
+		if errors.Is(err, errStatePermanent) {
+			r.fail(fmt.Errorf("partition %d: checkpoint: %w", ps.id, err))
+			return
+		}
+		if ctx.Err() == nil {
+			w.log.Warn("state checkpoint failed; offsets are not committed until one succeeds", "err", err, "retry_in", r.cfg.CheckpointInterval)
+		}
+		return
+	}
+	r.m.ckSeconds.Observe(time.Since(start).Seconds())
+	w.commit(ps.next)
+}
+
+// commit commits offset next for the partition (the state of every message
+// below it is checkpointed and its outputs are written) unless it is
+// already. It reports whether the coordinator accepted it.
+func (w *worker) commit(next int64) bool {
+	if next < 0 || next < w.committed {
+		return true
+	}
 	err := w.gen.CommitOffsets(map[string]map[int]int64{w.r.cfg.Topic: {w.ps.id: next}})
 	if err != nil {
 		// During a rebalance the coordinator refuses commits of the old
@@ -318,10 +436,11 @@ func (w *worker) commit(force bool) {
 			lvl = slog.LevelDebug
 		}
 		w.log.Log(context.Background(), lvl, "kafka: commit failed", "offset", next, "err", err)
-		return
+		return !errors.Is(err, kafka.IllegalGeneration) && !errors.Is(err, kafka.UnknownMemberId)
 	}
 	w.committed = next
 	w.r.m.committed.WithLabelValues(partitionLabel(w.ps.id)).Set(float64(next))
+	return true
 }
 
 // sleep waits d or until ctx ends; it reports whether d elapsed.

@@ -1,7 +1,9 @@
 package detector
 
 import (
+	"cmp"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/vigil-sec/vigil/features"
@@ -44,6 +46,10 @@ type agent struct {
 	lastIdx int64 // last window scored
 	// Early-decision triggers for the open windows: recheck when crossed.
 	nextN, nextNew, nextBad [2]uint32
+	// order[s] is when window s was scheduled (Pipeline.order): windows that
+	// close together are decided in this order, also after a restore.
+	order   [2]uint64
+	changed bool // listed in Pipeline.changedAgents
 }
 
 // class is the state of one peer group.
@@ -54,6 +60,7 @@ type class struct {
 	// Per-close scratch: agents closing now, and how many show each novelty.
 	closing int
 	novel   [features.NumFeatures]int
+	changed bool // listed in Pipeline.changedClasses
 }
 
 // closing is one window being closed.
@@ -90,6 +97,14 @@ type Pipeline struct {
 	onAlert   func(*Alert)
 	onWindow  func(*WindowScore)
 	started   bool
+	order     uint64 // windows scheduled so far (agent.order)
+	// Change tracking for checkpoints (TrackChanges): the agents and peer
+	// groups changed since the last TakeChanges, and whether the pipeline's
+	// own state (watermark, duplicate filter) changed.
+	track          bool
+	changed        bool
+	changedAgents  []*agent
+	changedClasses []*class
 }
 
 // NewPipeline returns a pipeline that calls onAlert for every alert, in the
@@ -158,6 +173,7 @@ func (p *Pipeline) Process(raw []byte) error {
 		p.stats.Duplicates++
 		return nil
 	}
+	p.changed = true
 	idx := features.WindowIndex(e.TS, p.size)
 	if p.started && idx <= p.closed {
 		p.stats.Late++
@@ -176,6 +192,7 @@ func (p *Pipeline) Process(raw []byte) error {
 		p.advance(p.stats.MaxTS)
 	}
 	a := p.agent(e)
+	p.touch(a)
 	if a.win == nil {
 		if n := len(p.freeWins); n > 0 {
 			a.win, p.freeWins = p.freeWins[n-1], p.freeWins[:n-1]
@@ -219,6 +236,21 @@ func (p *Pipeline) agent(e *features.Event) *agent {
 	return a
 }
 
+// touch records that a and its peer group change (see TrackChanges).
+func (p *Pipeline) touch(a *agent) {
+	if !p.track {
+		return
+	}
+	if !a.changed {
+		a.changed = true
+		p.changedAgents = append(p.changedAgents, a)
+	}
+	if c := a.class; !c.changed {
+		c.changed = true
+		p.changedClasses = append(p.changedClasses, c)
+	}
+}
+
 func (p *Pipeline) openWindow(a *agent, s int, idx int64) {
 	a.win[s].Reset(idx)
 	a.open[s] = true
@@ -251,6 +283,8 @@ func (p *Pipeline) schedule(a *agent, idx int64) {
 		p.bucketIdx[b] = idx
 		p.bucket[b] = p.bucket[b][:0]
 	}
+	a.order[idx&1] = p.order
+	p.order++
 	p.bucket[b] = append(p.bucket[b], a)
 }
 
@@ -309,6 +343,7 @@ func (p *Pipeline) advance(maxTS int64) {
 		}
 		p.closeIndex(next)
 		p.closed = next
+		p.changed = true
 	}
 }
 
@@ -328,9 +363,16 @@ func (p *Pipeline) closeIndex(idx int64) {
 		return
 	}
 	agents := p.bucket[b]
+	// Agents are decided in the order their windows opened: each one's
+	// learning moves the peer-group baseline the next one is compared with.
+	// Restored agents join the bucket in whatever order they are restored.
+	s := int(idx & 1)
+	byOrder := func(x, y *agent) int { return cmp.Compare(x.order[s], y.order[s]) }
+	if !slices.IsSortedFunc(agents, byOrder) {
+		slices.SortStableFunc(agents, byOrder)
+	}
 	p.batch = p.batch[:0]
 	for _, a := range agents {
-		s := int(idx & 1)
 		if !a.open[s] || a.win[s].Index != idx {
 			continue
 		}
@@ -415,6 +457,7 @@ var novelFeatures = [...]features.Feature{features.NewTargets, features.NewActio
 // decide applies the policy to a closed window and learns from it.
 func (p *Pipeline) decide(c *closing, idx int64) {
 	a := c.a
+	p.touch(a)
 	p.stats.Windows++
 	p.model.Finish(&c.res)
 	p.model.Sustain(&a.base, &c.v, &c.res)

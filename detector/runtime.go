@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"strconv"
 	"sync"
@@ -99,15 +100,17 @@ func (p *Pipeline) AdvanceTo(ts int64) {
 // dead letters to the Sink and commits the partition's offset.
 //
 // Delivery is at least once: a worker commits offset N+1 only after every
-// output produced from messages up to N has been written. A failing Sink
+// output produced from messages up to N has been written and the
+// partition's state after message N is checkpointed to the state topic
+// (every CheckpointInterval, and when the partition leaves). A failing Sink
 // blocks its worker (backpressure) and is retried; nothing is dropped. When a
 // generation ends (rebalance) or Run's context ends, workers stop reading,
-// write what they hold (for at most ShutdownTimeout), commit and return. A
-// partition that stays with this member across a rebalance keeps its Pipeline
-// (baselines, open windows); one that arrives from elsewhere starts with a new
-// Pipeline at the committed offset. (State checkpoints to the vigil-state
-// topic, which will carry agents across members, are not built yet: a moved
-// partition's agents restart cold.)
+// write what they hold (for at most ShutdownTimeout), checkpoint, commit and
+// return. A partition that stays with this member across a rebalance keeps
+// its Pipeline (baselines, open windows); one that arrives restores its
+// agents, peer groups and watermark from its last checkpoint before it
+// consumes, and continues from the checkpoint's offset. See checkpoint.go
+// for the protocol and why a crash at any point loses nothing.
 type Runtime struct {
 	cfg    RuntimeConfig
 	det    Config
@@ -116,6 +119,10 @@ type Runtime struct {
 	dialer *kafka.Dialer
 	m      *runtimeMetrics
 	now    func() time.Time // wall clock; tests move it
+	// dial, when set, makes every connection to the brokers (tests cut
+	// them to emulate a crash).
+	dial  func(ctx context.Context, network, addr string) (net.Conn, error)
+	state *stateStore // set by Run
 
 	ready   atomic.Bool
 	workers sync.WaitGroup // partition workers, across generations
@@ -167,16 +174,37 @@ func (r *Runtime) Assigned() []int {
 	return slices.Clone(r.assigned)
 }
 
-// Run joins the group and consumes until ctx ends, then lets every worker
-// write its output and commit, leaves the group and returns nil. It returns
-// an error only if the group cannot be set up or a Sink fails permanently.
-// Join and connection errors are logged and retried. Run may be called once.
+// Run checks the state topic (creating it if it does not exist), joins the
+// group and consumes until ctx ends, then lets every worker write its output,
+// checkpoint and commit, leaves the group and returns nil. It returns an
+// error only if the group or the state topic cannot be set up (the state
+// topic must have as many partitions as the events topic), the state cannot
+// be used, or a Sink fails permanently. Join and connection errors are
+// logged and retried. Run may be called once.
 func (r *Runtime) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	r.mu.Lock()
 	r.stop = cancel
 	r.mu.Unlock()
+	if r.dial != nil {
+		r.dialer.DialFunc = r.dial
+	}
+	tr := &kafka.Transport{
+		Dial: r.dial, DialTimeout: r.cfg.DialTimeout, ClientID: r.cfg.ClientID,
+		TLS: r.dialer.TLS, SASL: r.dialer.SASLMechanism,
+	}
+	defer tr.CloseIdleConnections()
+	r.state = &stateStore{
+		topic: r.cfg.StateTopic, events: r.cfg.Topic,
+		cl: &kafka.Client{Addr: kafka.TCP(r.cfg.Brokers...), Transport: tr},
+	}
+	if err := r.state.prepare(ctx, r.log, r.cfg.JoinBackoff); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                    r.cfg.Group,
 		Brokers:               r.cfg.Brokers,
@@ -289,7 +317,8 @@ func (r *Runtime) startGeneration(ctx context.Context, gen *kafka.Generation) {
 }
 
 // takeParked returns the state this member kept for partition id if it can
-// continue from it, given the offset committed for the partition.
+// continue from it, given the offset committed for the partition. (Nothing
+// needs restoring then: the Pipeline is the partition's state.)
 func (r *Runtime) takeParked(id int, committed int64) *partState {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -324,6 +353,14 @@ type runtimeMetrics struct {
 	committed    *prometheus.GaugeVec
 	assigned     prometheus.Gauge
 	generations  prometheus.Counter
+
+	ckSeconds         prometheus.Histogram
+	ckRecords         prometheus.Counter
+	ckBytes           prometheus.Counter
+	ckFailures        prometheus.Counter
+	restoreSeconds    prometheus.Histogram
+	restoreFailures   prometheus.Counter
+	restoreIncomplete prometheus.Counter
 }
 
 func newRuntimeMetrics(reg prometheus.Registerer, sink string) *runtimeMetrics {
@@ -353,6 +390,29 @@ func newRuntimeMetrics(reg prometheus.Registerer, sink string) *runtimeMetrics {
 		}),
 		generations: f.NewCounter(prometheus.CounterOpts{
 			Name: "vigil_consumer_generations_total", Help: "Consumer group generations joined (rebalances).",
+		}),
+		ckSeconds: f.NewHistogram(prometheus.HistogramOpts{
+			Name: "vigil_state_checkpoint_duration_seconds", Help: "Time to write one partition's checkpoint to the state topic.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 9),
+		}),
+		ckRecords: f.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_state_checkpoint_records_total", Help: "Records written to the state topic (agents, peer groups, pipeline state, markers).",
+		}),
+		ckBytes: f.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_state_checkpoint_bytes_total", Help: "Key and value bytes written to the state topic.",
+		}),
+		ckFailures: f.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_state_checkpoint_failures_total", Help: "Checkpoints that failed (offsets are not committed until one succeeds).",
+		}),
+		restoreSeconds: f.NewHistogram(prometheus.HistogramOpts{
+			Name: "vigil_state_restore_duration_seconds", Help: "Time to restore one partition's state when it is assigned here.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 9),
+		}),
+		restoreFailures: f.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_state_restore_failures_total", Help: "Failed reads of the state topic while restoring (retried; the partition waits).",
+		}),
+		restoreIncomplete: f.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_state_restore_incomplete_total", Help: "Restores that found less state than the checkpoint's marker names (those agents start cold).",
 		}),
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/vigil-sec/vigil/features"
 	"github.com/vigil-sec/vigil/models"
@@ -16,10 +17,13 @@ var ErrState = errors.New("bad state snapshot")
 // Agent state snapshot: 'A', a version byte, then the agent id and class
 // (uvarint length + bytes), persistence (uvarint), last scored window
 // (int64), a byte of open-window flags, each open window, the first-seen set
-// and the baseline. Fields are only appended in later versions.
+// and the baseline. Version 2 appends, for each open window, its
+// early-decision triggers and its place in the close order (uvarints), so
+// that a restored pipeline rechecks and decides exactly when the original
+// would have. Fields are only appended in later versions.
 const (
 	agentMagic   = 'A'
-	agentVersion = 1
+	agentVersion = 2
 )
 
 // AppendAgentState appends the snapshot of agent id to dst, or returns dst and
@@ -49,6 +53,13 @@ func (p *Pipeline) AppendAgentState(dst []byte, id string) ([]byte, bool) {
 	}
 	dst = a.seen.AppendBinary(dst)
 	dst, _ = a.base.AppendBinary(dst)
+	for s := range 2 {
+		if a.open[s] {
+			for _, v := range [...]uint64{uint64(a.nextN[s]), uint64(a.nextNew[s]), uint64(a.nextBad[s]), a.order[s]} {
+				dst = binary.AppendUvarint(dst, v)
+			}
+		}
+	}
 	return dst, true
 }
 
@@ -98,8 +109,26 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 	}
 	off += n
 	var base models.Baseline
-	if _, err := base.DecodeFrom(data[off:]); err != nil {
+	n, err = base.DecodeFrom(data[off:])
+	if err != nil {
 		return fmt.Errorf("%w: agent %q: %v", ErrState, id, err)
+	}
+	off += n
+	// Version 2: triggers and close order of the open windows.
+	var trig [2][4]uint64
+	hasTrig := data[1] >= 2
+	for s := range 2 {
+		if !hasTrig || open&(1<<s) == 0 {
+			continue
+		}
+		for i := range trig[s] {
+			v, n := binary.Uvarint(data[off:])
+			if n <= 0 || (i < 3 && v > 1<<32-1) {
+				return fmt.Errorf("%w: agent %q: bad window triggers", ErrState, id)
+			}
+			trig[s][i] = v
+			off += n
+		}
 	}
 
 	c, ok := p.classes[className]
@@ -134,8 +163,15 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 			p.closeOne(a, s)
 			continue
 		}
+		order := p.order
 		p.schedule(a, w.Index)
-		p.arm(a, s)
+		if hasTrig {
+			a.nextN[s], a.nextNew[s], a.nextBad[s] = uint32(trig[s][0]), uint32(trig[s][1]), uint32(trig[s][2])
+			a.order[s] = trig[s][3]
+			p.order = max(order, trig[s][3]+1)
+		} else {
+			p.arm(a, s)
+		}
 		p.stats.FirstTS = min(p.stats.FirstTS, w.First)
 		p.stats.MaxTS = max(p.stats.MaxTS, w.Last)
 	}
@@ -223,4 +259,135 @@ func (p *Pipeline) ClassNames(dst []string) []string {
 		dst = append(dst, name)
 	}
 	return dst
+}
+
+// Pipeline-level snapshot: 'P', a version byte, the window size and allowed
+// lateness it was taken with (int64 ns), whether an event was seen (byte), the
+// last closed window index, the earliest and newest event times (int64), the
+// close-order counter (uvarint), and the duplicate filter's current
+// generation number (uvarint) and start (int64). The filter's ids are not in
+// it: they are written by generation (AppendDedupGeneration) or as they are
+// added (TakeDedupChanges).
+const (
+	partitionMagic   = 'P'
+	partitionVersion = 1
+)
+
+// AppendPartitionState appends the snapshot of the pipeline's own state (not
+// its agents', peer groups' or duplicate filter's ids): the watermark, the
+// index of the last closed window, the event-time bounds. With the agents'
+// and peer groups' snapshots and the duplicate filter taken at the same point
+// it is everything a pipeline needs to continue exactly where this one is.
+func (p *Pipeline) AppendPartitionState(dst []byte) []byte {
+	le := binary.LittleEndian
+	dst = append(dst, partitionMagic, partitionVersion)
+	dst = le.AppendUint64(dst, uint64(p.size))
+	dst = le.AppendUint64(dst, uint64(p.late))
+	var started byte
+	if p.started {
+		started = 1
+	}
+	dst = append(dst, started)
+	dst = le.AppendUint64(dst, uint64(p.closed))
+	dst = le.AppendUint64(dst, uint64(p.stats.FirstTS))
+	dst = le.AppendUint64(dst, uint64(p.stats.MaxTS))
+	dst = binary.AppendUvarint(dst, p.order)
+	gen, start := p.dedup.Generation()
+	dst = binary.AppendUvarint(dst, gen)
+	return le.AppendUint64(dst, uint64(start))
+}
+
+// RestorePartitionState loads a snapshot written by AppendPartitionState. Call
+// it on a new pipeline, then RestoreDedup, before restoring its peer groups
+// and agents. A snapshot taken with another window size or allowed lateness
+// is refused (wrapping ErrState): its window indices and closed windows would
+// not line up with this configuration.
+func (p *Pipeline) RestorePartitionState(data []byte) error {
+	const fixed = 2 + 8 + 8 + 1 + 8 + 8 + 8
+	if len(data) < fixed || data[0] != partitionMagic || data[1] == 0 {
+		return fmt.Errorf("%w: no partition header", ErrState)
+	}
+	le := binary.LittleEndian
+	size, late := int64(le.Uint64(data[2:])), int64(le.Uint64(data[10:]))
+	if size != p.size || late != p.late {
+		return fmt.Errorf("%w: taken with window_size %v and allowed_lateness %v, configured %v and %v",
+			ErrState, time.Duration(size), time.Duration(late), time.Duration(p.size), time.Duration(p.late))
+	}
+	started := data[18] != 0
+	closed := int64(le.Uint64(data[19:]))
+	firstTS, maxTS := int64(le.Uint64(data[27:])), int64(le.Uint64(data[35:]))
+	off := fixed
+	order, n := binary.Uvarint(data[off:])
+	if n <= 0 {
+		return fmt.Errorf("%w: partition: truncated", ErrState)
+	}
+	off += n
+	gen, n := binary.Uvarint(data[off:])
+	if n <= 0 || off+n+8 > len(data) {
+		return fmt.Errorf("%w: partition: truncated", ErrState)
+	}
+	off += n
+	start := int64(le.Uint64(data[off:]))
+	if err := p.dedup.Restore(gen, start, nil, nil); err != nil {
+		return fmt.Errorf("%w: partition: %v", ErrState, err)
+	}
+	p.started, p.closed, p.order = started, closed, order
+	p.stats.FirstTS, p.stats.MaxTS = firstTS, maxTS
+	return nil
+}
+
+// AppendDedupGeneration appends the ids (8-byte hashes) of the duplicate
+// filter's current generation, or of the previous one.
+func (p *Pipeline) AppendDedupGeneration(dst []byte, previous bool) []byte {
+	return p.dedup.AppendGeneration(dst, previous)
+}
+
+// TakeDedupChanges returns the duplicate filter's current generation number
+// and the ids it added to that generation and to the previous one since the
+// last call (TrackChanges starts the record), and forgets them. The slices
+// are valid until the next Process.
+func (p *Pipeline) TakeDedupChanges() (gen uint64, cur, prev []uint64) {
+	return p.dedup.TakeJournal()
+}
+
+// RestoreDedup loads the duplicate filter's ids: those of the generation
+// RestorePartitionState named, and of the one before, each in pieces as
+// AppendDedupGeneration or features.AppendHashes wrote them.
+func (p *Pipeline) RestoreDedup(cur, prev [][]byte) error {
+	gen, start := p.dedup.Generation()
+	if err := p.dedup.Restore(gen, start, cur, prev); err != nil {
+		return fmt.Errorf("%w: %v", ErrState, err)
+	}
+	return nil
+}
+
+// TrackChanges makes the pipeline record which agents and peer groups change
+// (an event, a closed window) and whether its own state changes, for
+// TakeChanges, and which ids its duplicate filter adds, for
+// TakeDedupChanges. The streaming runtime calls it so that a checkpoint
+// writes only what changed. Call it before the first Process.
+func (p *Pipeline) TrackChanges() {
+	p.track = true
+	p.dedup.Journal()
+}
+
+// TakeChanges appends to agents and classes the ids of the agents and the
+// names of the peer groups that changed since the last call (or since
+// TrackChanges), reports whether the pipeline's own state (watermark,
+// duplicate filter) changed, and forgets them all.
+func (p *Pipeline) TakeChanges(agents, classes []string) ([]string, []string, bool) {
+	for _, a := range p.changedAgents {
+		a.changed = false
+		agents = append(agents, a.id)
+	}
+	for _, c := range p.changedClasses {
+		c.changed = false
+		classes = append(classes, c.name)
+	}
+	clear(p.changedAgents)
+	clear(p.changedClasses)
+	p.changedAgents, p.changedClasses = p.changedAgents[:0], p.changedClasses[:0]
+	changed := p.changed
+	p.changed = false
+	return agents, classes, changed
 }

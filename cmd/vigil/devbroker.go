@@ -45,32 +45,43 @@ func runDevbroker(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if len(topics) == 0 {
 		topics = defaultDevTopics
 	}
-	opts := []kfake.Opt{
-		kfake.NumBrokers(1),
-		// kfake asks for 127.0.0.1 and a random port; listen where we were told.
-		kfake.ListenFn(func(network, _ string) (net.Listener, error) { return net.Listen(network, *listen) }),
-	}
-	seen := make(map[string]bool)
-	for _, t := range topics {
-		name, parts, err := parseTopic(t)
-		if err != nil {
-			return fmt.Errorf("--topic %q: %w", t, err)
-		}
-		if seen[name] {
-			return fmt.Errorf("--topic %q: topic %s given twice", t, name)
-		}
-		seen[name] = true
-		opts = append(opts, kfake.SeedTopics(parts, name))
-	}
-	c, err := kfake.NewCluster(opts...)
+	c, err := startDevBroker(*listen, topics)
 	if err != nil {
-		return fmt.Errorf("devbroker: %w", err)
+		return err
 	}
 	defer c.Close()
 	fmt.Fprintf(stdout, "devbroker: listening on %s (topics %s); stop with Ctrl-C\n", c.ListenAddrs()[0], strings.Join(topics, ", "))
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "devbroker: stopped")
 	return nil
+}
+
+// startDevBroker starts a one-broker in-memory Kafka-protocol cluster
+// (kfake) listening on listen ("127.0.0.1:0": any free loopback port) with
+// topics, each NAME:PARTITIONS. The caller closes it.
+func startDevBroker(listen string, topics []string) (*kfake.Cluster, error) {
+	opts := []kfake.Opt{
+		kfake.NumBrokers(1),
+		// kfake asks for 127.0.0.1 and a random port; listen where we were told.
+		kfake.ListenFn(func(network, _ string) (net.Listener, error) { return net.Listen(network, listen) }),
+	}
+	seen := make(map[string]bool)
+	for _, t := range topics {
+		name, parts, err := parseTopic(t)
+		if err != nil {
+			return nil, fmt.Errorf("--topic %q: %w", t, err)
+		}
+		if seen[name] {
+			return nil, fmt.Errorf("--topic %q: topic %s given twice", t, name)
+		}
+		seen[name] = true
+		opts = append(opts, kfake.SeedTopics(parts, name))
+	}
+	c, err := kfake.NewCluster(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("devbroker: %w", err)
+	}
+	return c, nil
 }
 
 // parseTopic parses NAME:PARTITIONS.

@@ -16,6 +16,7 @@ var version = "dev"
 const usage = `vigil — behavioural anomaly detection for machine identities
 
 Usage:
+  vigil demo      [--agents N] [--days N] [--speed X] ...     stream a simulated fleet through a dev broker into two vigil instances, live
   vigil run       [--config FILE] [--kafka.brokers H:P,...]  consume the events topic as a consumer group member
   vigil replay    --input FILE|- [--config FILE]              score a JSONL event file, alerts to stdout
   vigil simulate  [--out FILE] [--truth FILE] ...             write a synthetic fleet with labelled incidents
@@ -38,6 +39,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run":
 		err = runRun(ctx, args[1:], stdout, stderr)
+	case "demo":
+		err = runDemo(ctx, args[1:], stdout, stderr)
 	case "devbroker":
 		err = runDevbroker(ctx, args[1:], stdout, stderr)
 	case "replay":
