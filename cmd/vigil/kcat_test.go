@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -38,18 +37,7 @@ func TestKcatProducesVigilConsumes(t *testing.T) {
 	}
 
 	var stdout, stderr syncBuffer
-	rc := make(chan int, 1)
-	go func() {
-		rc <- run([]string{"run", "--kafka.brokers", addr, "--kafka.group", "kcat-test", "--web.listen-address", "127.0.0.1:0"}, nil, &stdout, &stderr)
-	}()
-	var web string
-	waitFor(t, 10*time.Second, "the web address in the log", func() bool {
-		m := regexp.MustCompile(`web=(http://\S+)`).FindStringSubmatch(stderr.String())
-		if m != nil {
-			web = m[1]
-		}
-		return m != nil
-	})
+	web, rc := startRun(t, addr, "kcat-test", &stdout, &stderr)
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
 	waitFor(t, 30*time.Second, fmt.Sprintf("%d messages consumed", n+1), func() bool {
 		resp, err := client.Get(web + "/metrics")

@@ -124,18 +124,7 @@ func TestRunConsumesAndExitsCleanlyOnSIGTERM(t *testing.T) {
 	w.Close()
 
 	var stdout, stderr syncBuffer
-	rc := make(chan int, 1)
-	go func() {
-		rc <- run([]string{"run", "--kafka.brokers", addr, "--kafka.group", "cmd-test", "--web.listen-address", "127.0.0.1:0"}, nil, &stdout, &stderr)
-	}()
-	var web string
-	waitFor(t, 10*time.Second, "the web address in the log", func() bool {
-		m := regexp.MustCompile(`web=(http://\S+)`).FindStringSubmatch(stderr.String())
-		if m != nil {
-			web = m[1]
-		}
-		return m != nil
-	})
+	web, rc := startRun(t, addr, "cmd-test", &stdout, &stderr)
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
 	get := func(path string) (int, string) {
 		resp, err := client.Get(web + path)
@@ -187,6 +176,26 @@ func TestRunConsumesAndExitsCleanlyOnSIGTERM(t *testing.T) {
 	if stdout.String() != "" && !strings.HasPrefix(stdout.String(), `{"alert_id":`) {
 		t.Errorf("stdout is not alerts: %.200s", stdout.String())
 	}
+}
+
+// startRun runs `vigil run` in-process against the broker at addr with the
+// given consumer group, and returns its web address (from the log) and a
+// channel that receives its exit code.
+func startRun(t *testing.T, addr, group string, stdout, stderr *syncBuffer) (string, <-chan int) {
+	t.Helper()
+	rc := make(chan int, 1)
+	go func() {
+		rc <- run([]string{"run", "--kafka.brokers", addr, "--kafka.group", group, "--web.listen-address", "127.0.0.1:0"}, nil, stdout, stderr)
+	}()
+	var web string
+	waitFor(t, 10*time.Second, "the web address in the log", func() bool {
+		m := regexp.MustCompile(`web=(http://\S+)`).FindStringSubmatch(stderr.String())
+		if m != nil {
+			web = m[1]
+		}
+		return m != nil
+	})
+	return web, rc
 }
 
 // metricSum adds the values of a metric's series in Prometheus text format.
