@@ -22,7 +22,9 @@ package detector
 // keys the restore found but did not use. Then, and only then, the group
 // commits O. Records are produced with acks=all in batches sent one after the
 // other, the marker in the last one, so the marker is durable only after
-// everything it covers.
+// everything it covers. A produce request is never cancelled, only given a
+// deadline (see stateWriter.flush), so no record of an attempt lands after
+// the writer has moved on to the next one.
 //
 // Every value carries its checkpoint's term and sequence number. A term is a
 // random number a worker draws when it takes a partition over (and keeps
@@ -52,10 +54,10 @@ package detector
 //
 // Compaction keeps only the last record of a key. It cannot remove a record of
 // the last marker's state unless a stray record of the same key follows it —
-// a write of a checkpoint that never completed. Brokers do not compact the
-// active segment, so that takes a segment roll and a cleaner run between the
-// stray write and the next completed checkpoint. The marker's counts detect
-// it: restore then logs an error and counts it in
+// a write of a checkpoint that never completed, or a zombie's. Brokers do not
+// compact the active segment, so that takes a segment roll and a cleaner run
+// between the stray write and the next completed checkpoint. The marker's
+// counts detect it: restore then logs an error and counts it in
 // vigil_state_restore_incomplete_total, and the missing agents start cold
 // (missing duplicate-filter pieces: those ids are forgotten). Delivery is
 // unaffected.
@@ -243,6 +245,8 @@ type stateScan struct {
 type termRecords struct {
 	done    map[string]stateEntry // the term's state as of its last marker
 	pending map[string]stateEntry // written after it: a checkpoint in progress
+	marked  bool                  // a marker was read; seq is the last one's
+	seq     uint64
 }
 
 type stateEntry struct {
@@ -287,6 +291,13 @@ func (s *stateScan) add(offset int64, key, value []byte) {
 		s.skipped++
 		return
 	}
+	if t.marked && seq <= t.seq {
+		return // a marker written again, or late: the term has moved on
+	}
+	t.marked, t.seq = true, seq
+	// Records of earlier checkpoints may precede this marker without their
+	// own (compaction keeps only the last marker), and a failed attempt's
+	// records are followed by its retry's, which rewrites them all.
 	for k, e := range t.pending {
 		if e.seq <= seq {
 			t.done[k] = e
@@ -606,11 +617,27 @@ func (w *stateWriter) add(key, value []byte) error {
 }
 
 // flush produces the queued records.
+//
+// A produce request is never cancelled, only given a deadline: kafka-go
+// hands requests to a connection goroutine, and one whose caller stopped
+// waiting on a cancelled context is still sent, later — records of an
+// abandoned attempt could then land after a later checkpoint. A deadline is
+// also set on the connection, so a request not written by then never is. For
+// the same reason the buffer of a failed request is never reused: the
+// connection goroutine may still be reading it.
 func (w *stateWriter) flush() error {
 	if len(w.recs) == 0 {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(w.ctx, stateRequestTimeout)
+	if err := w.ctx.Err(); err != nil { // stopping: abandon between requests
+		w.buf = nil
+		return err
+	}
+	deadline := time.Now().Add(stateRequestTimeout)
+	if d, ok := w.ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	ctx, cancel := context.WithDeadline(context.WithoutCancel(w.ctx), deadline)
 	defer cancel()
 	resp, err := w.s.cl.Produce(ctx, &kafka.ProduceRequest{
 		Topic: w.s.topic, Partition: w.part, RequiredAcks: kafka.RequireAll,
@@ -620,6 +647,7 @@ func (w *stateWriter) flush() error {
 		err = resp.Error
 	}
 	if err != nil {
+		w.buf = nil
 		if errors.Is(err, kafka.MessageSizeTooLarge) || errors.Is(err, kafka.RecordListTooLarge) {
 			err = fmt.Errorf("%w (an agent's or peer group's snapshot is larger than the broker accepts: lower detector.agent_seen_slots or detector.peer_seen_slots, or raise max.message.bytes on the state topic)", err)
 		}
@@ -663,8 +691,10 @@ func (r *Runtime) checkpoint(ctx context.Context, ps *partState) error {
 	seq := ck.seq + 1
 	w := &stateWriter{s: r.state, ctx: ctx, part: ps.id, buf: ck.buf[:0], now: r.now()}
 	defer func() {
-		// Keep a modest buffer for the next checkpoint, not a full one.
-		if cap(w.buf) <= 2*maxStateBatch {
+		// Keep a modest buffer for the next checkpoint, not a full one,
+		// and never one a failed request may still be reading (flush).
+		ck.buf = nil
+		if w.buf != nil && cap(w.buf) <= 2*maxStateBatch {
 			ck.buf = w.buf[:0]
 		}
 	}()

@@ -273,6 +273,10 @@ func TestStateScanSelectsLastMarker(t *testing.T) {
 				rec(t1, 2, "a", 1), // attempt 1 of seq 2 failed here
 				rec(t1, 2, "b", 0), rec(t1, 2, "a", 2), markerRec(t1, 2, 20, 2)},
 			want: map[string]int{"a": 2, "b": 0}},
+		{name: "a marker that arrives again late is ignored", offset: 20,
+			recs: []scanRec{rec(t1, 1, "a", 0), markerRec(t1, 1, 10, 1),
+				rec(t1, 2, "a", 1), markerRec(t1, 2, 20, 1), markerRec(t1, 1, 10, 1)},
+			want: map[string]int{"a": 1}},
 		{name: "new owner's first checkpoint unfinished", offset: 10,
 			recs: []scanRec{rec(t1, 1, "a", 0), rec(t1, 1, "b", 0), markerRec(t1, 1, 10, 2),
 				rec(t2, 1, "a", 1), rec(t2, 1, "b", 1)},

@@ -238,6 +238,9 @@ func (w *worker) loop(ctx context.Context, msgs <-chan kafka.Message) {
 				}
 			}
 		case <-tick.C:
+			if ctx.Err() != nil {
+				return
+			}
 			w.idle(ctx)
 			if !w.write(ctx) {
 				return
