@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 	"unsafe"
 )
@@ -498,56 +499,17 @@ func (d *Decoder) field(key []byte, e *Event) error {
 		s, err = d.strField("sig", false)
 		e.HasSig = len(s) > 0
 	case "data_class":
-		e.DataClass = DataUnknown // a later duplicate key wins, null included
-		var s []byte
-		if s, err = d.strField("data_class", false); err == nil && s != nil {
-			switch string(s) {
-			case "public":
-				e.DataClass = DataPublic
-			case "internal":
-				e.DataClass = DataInternal
-			case "confidential":
-				e.DataClass = DataConfidential
-			case "restricted":
-				e.DataClass = DataRestricted
-			default:
-				return valueErr("data_class", "want public, internal, confidential or restricted")
-			}
-		}
+		var v uint8
+		v, err = d.enumField("data_class", dataClassNames[:])
+		e.DataClass = DataClass(v)
 	case "status":
-		e.Status = StatusUnknown // a later duplicate key wins, null included
-		var s []byte
-		if s, err = d.strField("status", false); err == nil && s != nil {
-			switch string(s) {
-			case "ok":
-				e.Status = StatusOK
-			case "error":
-				e.Status = StatusError
-			case "denied":
-				e.Status = StatusDenied
-			case "timeout":
-				e.Status = StatusTimeout
-			default:
-				return valueErr("status", "want ok, error, denied or timeout")
-			}
-		}
+		var v uint8
+		v, err = d.enumField("status", statusNames[:])
+		e.Status = Status(v)
 	case "auth":
-		e.Auth = AuthUnknown // a later duplicate key wins, null included
-		var s []byte
-		if s, err = d.strField("auth", false); err == nil && s != nil {
-			switch string(s) {
-			case "mtls":
-				e.Auth = AuthMTLS
-			case "jwt":
-				e.Auth = AuthJWT
-			case "apikey":
-				e.Auth = AuthAPIKey
-			case "none":
-				e.Auth = AuthNone
-			default:
-				return valueErr("auth", "want mtls, jwt, apikey or none")
-			}
-		}
+		var v uint8
+		v, err = d.enumField("auth", authNames[:])
+		e.Auth = Auth(v)
 	case "attested":
 		e.Attested = AttestUnknown
 		switch {
@@ -573,6 +535,30 @@ func (d *Decoder) field(key []byte, e *Event) error {
 		err = d.skip()
 	}
 	return err
+}
+
+// Names of the enumerated optional fields, indexed by their constants (index 0,
+// unknown, is what an absent or null field decodes to).
+var (
+	dataClassNames = [...]string{DataPublic: "public", DataInternal: "internal", DataConfidential: "confidential", DataRestricted: "restricted"}
+	statusNames    = [...]string{StatusOK: "ok", StatusError: "error", StatusDenied: "denied", StatusTimeout: "timeout"}
+	authNames      = [...]string{AuthMTLS: "mtls", AuthJWT: "jwt", AuthAPIKey: "apikey", AuthNone: "none"}
+)
+
+// enumField decodes an optional string field that must be one of names[1:],
+// returning its index, or 0 for null. A later duplicate key wins, null
+// included, because the caller assigns the result unconditionally.
+func (d *Decoder) enumField(field string, names []string) (uint8, error) {
+	s, err := d.strField(field, false)
+	if err != nil || s == nil {
+		return 0, err
+	}
+	for i := 1; i < len(names); i++ {
+		if string(s) == names[i] {
+			return uint8(i), nil
+		}
+	}
+	return 0, valueErr(field, "want "+strings.Join(names[1:len(names)-1], ", ")+" or "+names[len(names)-1])
 }
 
 func (d *Decoder) lit(s string) bool {
