@@ -99,6 +99,9 @@ type Alert struct {
 	Kind        string          `json:"kind"`
 	Reasons     []models.Reason `json:"reasons"`
 	Baseline    Baseline        `json:"baseline"`
+	// CredentialID is the last credential the agent presented (not part
+	// of the alert contract; revocation requests carry it).
+	CredentialID string `json:"-"`
 }
 
 // AlertID is the stable id of an alert: the same agent, window and kind always

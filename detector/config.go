@@ -32,6 +32,8 @@ type Config struct {
 	PeerSeenSlots int `yaml:"peer_seen_slots"`
 	// Policy decides severities and what is emitted.
 	Policy Policy `yaml:"policy"`
+	// Revocation decides which alerts become revocation requests.
+	Revocation RevocationPolicy `yaml:"revocation"`
 	// Model holds learning and scoring parameters, window size included.
 	Model models.Config `yaml:"model"`
 }
@@ -65,7 +67,8 @@ func DefaultConfig() Config {
 			InfoScore: 40, WarningScore: 60, CriticalScore: 80,
 			PersistWindows: 2, MinSeverity: SeverityWarning, EarlyDecisions: true, MaxReasons: 5,
 		},
-		Model: models.DefaultConfig(),
+		Revocation: DefaultRevocationPolicy(),
+		Model:      models.DefaultConfig(),
 	}
 }
 
@@ -73,6 +76,9 @@ func DefaultConfig() Config {
 func (c Config) Validate() error {
 	if err := c.Model.Validate(); err != nil {
 		return &ConfigError{Field: "model", Msg: err.Error()}
+	}
+	if err := c.Revocation.Validate(); err != nil {
+		return err
 	}
 	p := c.Policy
 	switch {

@@ -52,6 +52,10 @@ type RuntimeConfig struct {
 	// MaxBatch is how many messages a partition processes before it writes
 	// the alerts and dead letters they produced, even while backlogged.
 	MaxBatch int `yaml:"max_batch"`
+	// FlushInterval bounds how long window records wait to be written
+	// while a partition is caught up (alerts, revocation requests and dead
+	// letters never wait), so sinks get batches rather than single rows.
+	FlushInterval time.Duration `yaml:"flush_interval"`
 	// RetryBackoff and MaxRetryBackoff bound the capped exponential backoff
 	// between retries of a failing sink. A failing sink blocks its partition.
 	RetryBackoff    time.Duration `yaml:"retry_backoff"`
@@ -133,6 +137,7 @@ func DefaultRuntimeConfig() RuntimeConfig {
 		IdleTimeout:        30 * time.Second,
 		CheckpointInterval: 10 * time.Second,
 		MaxBatch:           4096,
+		FlushInterval:      time.Second,
 		RetryBackoff:       100 * time.Millisecond,
 		MaxRetryBackoff:    10 * time.Second,
 		ShutdownTimeout:    10 * time.Second,
@@ -186,7 +191,7 @@ func (c RuntimeConfig) Validate() error {
 		{"shutdown_timeout", c.ShutdownTimeout}, {"fetch_max_wait", c.FetchMaxWait},
 		{"session_timeout", c.SessionTimeout}, {"heartbeat_interval", c.HeartbeatInterval},
 		{"rebalance_timeout", c.RebalanceTimeout}, {"join_backoff", c.JoinBackoff},
-		{"dial_timeout", c.DialTimeout},
+		{"dial_timeout", c.DialTimeout}, {"flush_interval", c.FlushInterval},
 	} {
 		if d.v <= 0 {
 			return bad(d.name, "must be > 0")

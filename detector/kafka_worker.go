@@ -24,8 +24,10 @@ type partState struct {
 	pending Batch // outputs of messages below next not yet written
 	next    int64 // offset of the next message to process; -1 before the first
 	windows int   // windows closed since last counted in metrics
-	gen     int32 // the generation whose worker last ran it
-	ck      ckState
+	// windowsSince is when the oldest unwritten window record was made.
+	windowsSince time.Time
+	gen          int32 // the generation whose worker last ran it
+	ck           ckState
 }
 
 // ckState is a partition's checkpoint bookkeeping (see checkpoint.go).
@@ -61,7 +63,7 @@ func (ck *ckState) newTerm() {
 func (ps *partState) dropped(log *slog.Logger) {
 	if n := ps.pending.Len(); n > 0 {
 		log.Error("partition left this member with unwritten output; it was not committed, so the partition's next owner reprocesses those messages",
-			"partition", ps.id, "alerts", len(ps.pending.Alerts), "dead_letters", len(ps.pending.DeadLetters))
+			"partition", ps.id, "alerts", len(ps.pending.Alerts), "revocations", len(ps.pending.Revocations), "windows", len(ps.pending.Windows), "dead_letters", len(ps.pending.DeadLetters))
 	}
 }
 
@@ -88,14 +90,36 @@ type worker struct {
 func (r *Runtime) newPartState(id int) (*partState, error) {
 	ps := &partState{id: id, next: -1, ck: ckState{offset: -1}}
 	ps.pending.Topic, ps.pending.Partition = r.cfg.Topic, id
+	rv, err := NewRevoker(r.det.Revocation, r.signer)
+	if err != nil {
+		return nil, err
+	}
 	p, err := NewPipeline(r.det, func(a *Alert) {
 		ps.pending.Alerts = append(ps.pending.Alerts, a)
-		r.m.alerts.WithLabelValues(a.Severity.String()).Inc()
+		r.m.alerts.WithLabelValues(a.Severity.String(), a.Kind).Inc()
+		req, err := rv.Decide(a)
+		if err != nil {
+			// Signing cannot fail with a valid key; say so loudly if it does.
+			r.log.Error("revocation request not signed; alert sent without it", "alert_id", a.AlertID, "err", err)
+			r.m.revocationErrors.Inc()
+			return
+		}
+		if req != nil {
+			ps.pending.Revocations = append(ps.pending.Revocations, req)
+			r.m.revocations.WithLabelValues(req.Mode, req.Why).Inc()
+		}
 	})
 	if err != nil {
 		return nil, err
 	}
-	p.OnWindow(func(*WindowScore) { ps.windows++ })
+	p.OnWindow(func(s *WindowScore) {
+		ps.windows++
+		if len(ps.pending.Windows) == 0 {
+			ps.windowsSince = r.now()
+		}
+		ps.pending.Windows = append(ps.pending.Windows, WindowRecord{})
+		newWindowRecord(&ps.pending.Windows[len(ps.pending.Windows)-1], s)
+	})
 	p.TrackChanges()
 	ps.p = p
 	return ps, nil
@@ -189,6 +213,8 @@ func (r *Runtime) work(rctx, gctx context.Context, gen *kafka.Generation, a kafk
 		log.Error("stopping with unwritten output; offsets are not committed past it", "sink", r.sink.Name(), "outputs", n, "committed", w.committed)
 	}
 	scancel()
+	r.m.lag.DeleteLabelValues(partitionLabel(a.ID))
+	r.m.agents.DeleteLabelValues(partitionLabel(a.ID))
 	log.Debug("partition worker stopped", "next", ps.next, "committed", w.committed)
 }
 
@@ -222,7 +248,7 @@ func (w *worker) fetch(ctx context.Context, rd *kafka.Reader, msgs chan<- kafka.
 // loop processes messages until ctx ends or writing fails permanently.
 func (w *worker) loop(ctx context.Context, msgs <-chan kafka.Message) {
 	cfg := &w.r.cfg
-	tick := time.NewTicker(max(min(cfg.CheckpointInterval, cfg.IdleTimeout/2), 10*time.Millisecond))
+	tick := time.NewTicker(max(min(cfg.CheckpointInterval, cfg.IdleTimeout/2, cfg.FlushInterval), 10*time.Millisecond))
 	defer tick.Stop()
 	for {
 		select {
@@ -230,9 +256,10 @@ func (w *worker) loop(ctx context.Context, msgs <-chan kafka.Message) {
 			return
 		case m := <-msgs:
 			w.process(&m)
-			// Write when caught up (low latency) or after MaxBatch
-			// messages (bounded memory while backlogged).
-			if len(msgs) == 0 || w.unwritten >= cfg.MaxBatch {
+			// Write after MaxBatch messages (bounded memory while
+			// backlogged), or when caught up and something is due: alerts
+			// at once (low latency), window records after FlushInterval.
+			if w.unwritten >= cfg.MaxBatch || len(msgs) == 0 && w.due() {
 				if !w.write(ctx) {
 					return
 				}
@@ -242,12 +269,29 @@ func (w *worker) loop(ctx context.Context, msgs <-chan kafka.Message) {
 				return
 			}
 			w.idle(ctx)
+			w.gauges()
 			if !w.write(ctx) {
 				return
 			}
 			w.checkpoint(ctx, false)
 		}
 	}
+}
+
+// due reports whether the pending outputs should be written now that the
+// partition has caught up.
+func (w *worker) due() bool {
+	p := &w.ps.pending
+	return p.urgent() || len(p.Windows) > 0 && w.r.now().Sub(w.ps.windowsSince) >= w.r.cfg.FlushInterval
+}
+
+// gauges updates the partition's lag and agents gauges.
+func (w *worker) gauges() {
+	id := partitionLabel(w.ps.id)
+	if lag := w.rd.Lag(); lag >= 0 {
+		w.r.m.lag.WithLabelValues(id).Set(float64(lag))
+	}
+	w.r.m.agents.WithLabelValues(id).Set(float64(len(w.ps.p.agents)))
 }
 
 func (w *worker) process(m *kafka.Message) {

@@ -50,6 +50,10 @@ type agent struct {
 	// close together are decided in this order, also after a restore.
 	order   [2]uint64
 	changed bool // listed in Pipeline.changedAgents
+	// cred is the last credential the agent presented (for revocation
+	// requests); not checkpointed, so empty after a restore until the
+	// agent's next event.
+	cred string
 }
 
 // class is the state of one peer group.
@@ -207,6 +211,9 @@ func (p *Pipeline) Process(raw []byte) error {
 	}
 	if !a.open[s] {
 		p.openWindow(a, s, idx)
+	}
+	if len(e.CredentialID) > 0 && a.cred != string(e.CredentialID) {
+		a.cred = string(e.CredentialID)
 	}
 	flags, bucket := features.Observe(e, &a.seen, &a.class.seen)
 	w.Add(e, flags, bucket)
@@ -509,8 +516,9 @@ func (p *Pipeline) alert(c *closing, sev Severity, at int64, early bool) {
 		WindowStart: time.Unix(0, c.v.Start).UTC(), WindowEnd: time.Unix(0, c.v.End).UTC(),
 		DetectedAt: time.Unix(0, at).UTC(),
 		Score:      float64(int(c.res.Score*10+0.5)) / 10, Severity: sev, Kind: kind,
-		Reasons:  append([]models.Reason(nil), p.reasons...),
-		Baseline: Baseline{Source: c.res.Source, Windows: c.res.Windows},
+		Reasons:      append([]models.Reason(nil), p.reasons...),
+		Baseline:     Baseline{Source: c.res.Source, Windows: c.res.Windows},
+		CredentialID: c.a.cred,
 	}
 	if p.onAlert != nil {
 		p.onAlert(al)

@@ -19,54 +19,6 @@ import (
 	"github.com/vigil-sec/vigil/features"
 )
 
-// Sink delivers a batch to one destination. Write blocks until the batch is
-// durable there or ctx ends; it is called from several partition workers at
-// once, so it must be safe for concurrent use. A failed Write is retried with
-// the same batch (capped exponential backoff), so a sink sees some batches
-// more than once: alert_id makes alerts idempotent downstream. Errors
-// wrapping ErrPermanent are not retried: the Runtime stops with that error
-// and commits nothing past the batch. b's slices are valid only until Write
-// returns; the *Alert values are never reused and may be kept.
-type Sink interface {
-	Name() string
-	Write(ctx context.Context, b Batch) error
-}
-
-// ErrPermanent is wrapped by a Sink error that retrying cannot fix (the
-// destination rejects the data or the configuration is wrong).
-var ErrPermanent = errors.New("permanent sink error")
-
-// Batch is what a partition worker writes at once: the alerts and dead
-// letters produced by consecutive messages of one partition.
-type Batch struct {
-	Topic       string
-	Partition   int
-	Alerts      []*Alert
-	DeadLetters []DeadLetter
-}
-
-// Len is the number of outputs in b.
-func (b *Batch) Len() int { return len(b.Alerts) + len(b.DeadLetters) }
-
-func (b *Batch) reset() {
-	clear(b.Alerts)
-	clear(b.DeadLetters)
-	b.Alerts, b.DeadLetters = b.Alerts[:0], b.DeadLetters[:0]
-}
-
-// DeadLetter is a message that was not scored (invalid or late), with why.
-// Duplicates are not dead letters: they are dropped and counted.
-type DeadLetter struct {
-	Topic     string
-	Partition int
-	Offset    int64
-	Key       []byte
-	Value     []byte
-	Time      time.Time       // the message's timestamp
-	Reason    features.Reason // bounded: the decoder's reasons, or ReasonLate
-	Detail    string          // the full error, for people
-}
-
 // ReasonInvalid is the reason of a rejection that carries no decoder reason.
 const ReasonInvalid features.Reason = "invalid"
 
@@ -121,8 +73,9 @@ type Runtime struct {
 	now    func() time.Time // wall clock; tests move it
 	// dial, when set, makes every connection to the brokers (tests cut
 	// them to emulate a crash).
-	dial  func(ctx context.Context, network, addr string) (net.Conn, error)
-	state *stateStore // set by Run
+	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
+	state  *stateStore // set by Run
+	signer *Signer     // signs revocation requests (SetSigner)
 
 	ready   atomic.Bool
 	workers sync.WaitGroup // partition workers, across generations
@@ -156,11 +109,15 @@ func NewRuntime(cfg RuntimeConfig, det Config, sink Sink, reg prometheus.Registe
 	}
 	return &Runtime{
 		cfg: cfg, det: det, sink: sink, log: log, dialer: d,
-		m:      newRuntimeMetrics(reg, sink.Name()),
+		m:      newRuntimeMetrics(reg),
 		now:    time.Now,
 		parked: make(map[int]*partState),
 	}, nil
 }
+
+// SetSigner sets the key that signs revocation requests; required when the
+// revocation policy is enabled. Call before Run.
+func (r *Runtime) SetSigner(s *Signer) { r.signer = s }
 
 // Ready reports whether the Runtime has joined its consumer group: true from
 // the first generation until Run returns. Safe for concurrent use.
@@ -182,6 +139,9 @@ func (r *Runtime) Assigned() []int {
 // be used, or a Sink fails permanently. Join and connection errors are
 // logged and retried. Run may be called once.
 func (r *Runtime) Run(ctx context.Context) error {
+	if _, err := NewRevoker(r.det.Revocation, r.signer); err != nil {
+		return err
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	r.mu.Lock()
@@ -345,14 +305,18 @@ func (r *Runtime) park(ps *partState) {
 
 // runtimeMetrics are the Runtime's Prometheus metrics.
 type runtimeMetrics struct {
-	messages     *prometheus.CounterVec
-	deadLetters  *prometheus.CounterVec
-	alerts       *prometheus.CounterVec
-	windows      prometheus.Counter
-	sinkFailures prometheus.Counter
-	committed    *prometheus.GaugeVec
-	assigned     prometheus.Gauge
-	generations  prometheus.Counter
+	messages         *prometheus.CounterVec
+	deadLetters      *prometheus.CounterVec
+	alerts           *prometheus.CounterVec
+	revocations      *prometheus.CounterVec
+	revocationErrors prometheus.Counter
+	windows          prometheus.Counter
+	sinkFailures     prometheus.Counter
+	committed        *prometheus.GaugeVec
+	lag              *prometheus.GaugeVec
+	agents           *prometheus.GaugeVec
+	assigned         prometheus.Gauge
+	generations      prometheus.Counter
 
 	ckSeconds         prometheus.Histogram
 	ckRecords         prometheus.Counter
@@ -363,7 +327,7 @@ type runtimeMetrics struct {
 	restoreIncomplete prometheus.Counter
 }
 
-func newRuntimeMetrics(reg prometheus.Registerer, sink string) *runtimeMetrics {
+func newRuntimeMetrics(reg prometheus.Registerer) *runtimeMetrics {
 	f := promauto.With(reg)
 	return &runtimeMetrics{
 		messages: f.NewCounterVec(prometheus.CounterOpts{
@@ -373,14 +337,25 @@ func newRuntimeMetrics(reg prometheus.Registerer, sink string) *runtimeMetrics {
 			Name: "vigil_consumer_dead_letters_total", Help: "Messages rejected (not scored), by reason.",
 		}, []string{"reason"}),
 		alerts: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "vigil_detector_alerts_total", Help: "Alerts produced, by severity.",
-		}, []string{"severity"}),
+			Name: "vigil_detector_alerts_total", Help: "Alerts produced, by severity and kind.",
+		}, []string{"severity", "kind"}),
+		revocations: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_detector_revocations_total", Help: "Revocation requests produced, by mode (enforce, dry_run) and why that mode (policy, budget, cold).",
+		}, []string{"mode", "why"}),
+		revocationErrors: f.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_detector_revocation_errors_total", Help: "Revocation requests that could not be signed (the alert is still sent).",
+		}),
+		lag: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vigil_consumer_lag_messages", Help: "Messages between this member's position and the end of the partition, by partition.",
+		}, []string{"partition"}),
+		agents: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vigil_detector_agents", Help: "Agents held in memory, by partition.",
+		}, []string{"partition"}),
 		windows: f.NewCounter(prometheus.CounterOpts{
 			Name: "vigil_detector_windows_closed_total", Help: "Agent windows closed and scored.",
 		}),
 		sinkFailures: f.NewCounter(prometheus.CounterOpts{
-			Name: "vigil_sink_write_failures_total", Help: "Failed sink writes (each is retried).",
-			ConstLabels: prometheus.Labels{"sink": sink},
+			Name: "vigil_output_write_failures_total", Help: "Failed writes of a partition's outputs to the sink (each is retried).",
 		}),
 		committed: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "vigil_consumer_committed_offset", Help: "Last offset committed, by partition.",

@@ -1,0 +1,386 @@
+package detector
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"time"
+
+	"github.com/vigil-sec/vigil/features"
+	"github.com/vigil-sec/vigil/models"
+)
+
+// Revocation actions and modes.
+const (
+	ActionRevoke     = "revoke"
+	ActionQuarantine = "quarantine"
+	ModeEnforce      = "enforce"
+	ModeDryRun       = "dry_run"
+)
+
+// Revocation is a request to the policy engine to revoke or quarantine an
+// agent's credential: the alert that caused it (alert contract v1) plus
+// request_id, credential_id, action, mode, expires_at, and an Ed25519
+// signature by vigil's key (kid).
+//
+// The signature covers the request's JSON encoding without its "signature"
+// member, byte for byte: vigil writes "signature" as the object's last
+// member, so a verifier removes it (`,"signature":"…"` before the final
+// `}`) and checks the rest. See VerifyRevocation.
+type Revocation struct {
+	RequestID    string          `json:"request_id"`
+	AlertID      string          `json:"alert_id"`
+	AgentID      string          `json:"agent_id"`
+	AgentClass   string          `json:"agent_class"`
+	WindowStart  time.Time       `json:"window_start"`
+	WindowEnd    time.Time       `json:"window_end"`
+	DetectedAt   time.Time       `json:"detected_at"`
+	Score        float64         `json:"score"`
+	Severity     Severity        `json:"severity"`
+	Kind         string          `json:"kind"`
+	Reasons      []models.Reason `json:"reasons"`
+	Baseline     Baseline        `json:"baseline"`
+	CredentialID string          `json:"credential_id"`
+	Action       string          `json:"action"`
+	Mode         string          `json:"mode"`
+	// Why is why the mode is what it is: "policy" (the configured mode),
+	// "budget" (dry run: the revocation budget is spent), "cold" (dry run:
+	// the baseline is a peer group's, the agent has too little history).
+	Why       string    `json:"why"`
+	ExpiresAt time.Time `json:"expires_at"`
+	KeyID     string    `json:"kid"`
+	Signature string    `json:"signature,omitempty"`
+	// Body is the signed JSON encoding (signature included), set by Sign.
+	Body []byte `json:"-"`
+}
+
+// RequestID is the stable id of the revocation request that alert alertID
+// causes with action: redelivered requests deduplicate downstream.
+func RequestID(alertID, action string) string {
+	key := make([]byte, 0, len(alertID)+len(action)+16)
+	key = append(key, "revocation\x00"...)
+	key = append(key, alertID...)
+	key = append(key, 0)
+	key = append(key, action...)
+	var sum [16]byte
+	h1, h2 := features.Hash64(key, 1), features.Hash64(key, 2)
+	for i := range 8 {
+		sum[i], sum[8+i] = byte(h1>>(8*i)), byte(h2>>(8*i))
+	}
+	return hex.EncodeToString(sum[:])
+}
+
+// RevocationPolicy decides which alerts become revocation requests. Vigil
+// is a security control that can lock agents out, so the defaults are
+// conservative: disabled, and dry run when enabled.
+type RevocationPolicy struct {
+	// Enabled turns revocation requests on.
+	Enabled bool `yaml:"enabled"`
+	// Mode is enforce (the policy engine acts) or dry_run (it logs only).
+	Mode string `yaml:"mode"`
+	// Action is revoke or quarantine.
+	Action string `yaml:"action"`
+	// MinScore: a critical alert at or above it is enough on its own.
+	// Below it, a critical alert must be the agent's MinAlerts-th critical
+	// within Persistence (event time).
+	MinScore    float64       `yaml:"min_score"`
+	MinAlerts   int           `yaml:"min_alerts"`
+	Persistence time.Duration `yaml:"persistence"`
+	// TTL is how long a request holds (expires_at = detected_at + TTL);
+	// the policy engine restores access after it unless a person confirms.
+	TTL time.Duration `yaml:"ttl"`
+	// Allowlist names agents that are alerted on but never revoked
+	// (path.Match patterns on agent_id, e.g. "spiffe://bank/agent/core-*").
+	Allowlist []string `yaml:"allowlist"`
+	// Budget caps enforced requests per partition within BudgetWindow
+	// (event time), fleet-wide and per peer group: beyond it requests are
+	// still sent, in dry run, so a fleet-wide change or a flood of false
+	// alarms cannot take the fleet down.
+	Budget         int           `yaml:"budget"`
+	BudgetPerClass int           `yaml:"budget_per_class"`
+	BudgetWindow   time.Duration `yaml:"budget_window"`
+}
+
+// DefaultRevocationPolicy returns the defaults.
+func DefaultRevocationPolicy() RevocationPolicy {
+	return RevocationPolicy{
+		Mode: ModeDryRun, Action: ActionQuarantine,
+		MinScore: 95, MinAlerts: 2, Persistence: 30 * time.Minute, TTL: time.Hour,
+		Budget: 10, BudgetPerClass: 3, BudgetWindow: time.Hour,
+	}
+}
+
+// Validate reports the first invalid field.
+func (p RevocationPolicy) Validate() error {
+	switch {
+	case p.Mode != ModeEnforce && p.Mode != ModeDryRun:
+		return &ConfigError{"revocation.mode", "want enforce or dry_run, not " + p.Mode}
+	case p.Action != ActionRevoke && p.Action != ActionQuarantine:
+		return &ConfigError{"revocation.action", "want revoke or quarantine, not " + p.Action}
+	case p.MinScore < 0 || p.MinScore > 100:
+		return &ConfigError{"revocation.min_score", "want 0 to 100"}
+	case p.MinAlerts < 1:
+		return &ConfigError{"revocation.min_alerts", "want ≥ 1"}
+	case p.Persistence <= 0 || p.TTL <= 0 || p.BudgetWindow <= 0:
+		return &ConfigError{"revocation", "persistence, ttl and budget_window must be > 0"}
+	case p.Budget < 0 || p.BudgetPerClass < 0:
+		return &ConfigError{"revocation.budget", "must be ≥ 0"}
+	}
+	for _, pat := range p.Allowlist {
+		if _, err := path.Match(pat, ""); err != nil {
+			return &ConfigError{"revocation.allowlist", fmt.Sprintf("%q: %v", pat, err)}
+		}
+	}
+	return nil
+}
+
+// Revoker applies a RevocationPolicy to one partition's alerts. It is not
+// safe for concurrent use: each partition worker has its own. Its memory
+// is bounded by the agents alerted on within Persistence and the requests
+// within BudgetWindow.
+type Revoker struct {
+	pol    RevocationPolicy
+	signer *Signer
+	recent map[string][]int64 // agent → detected_at of its recent critical alerts
+	spent  []spent            // enforced requests within the budget window
+	done   map[string]int64   // agent → window start of its last request
+}
+
+type spent struct {
+	at    int64
+	class string
+}
+
+// NewRevoker returns a Revoker; signer may be nil only when the policy is
+// disabled.
+func NewRevoker(pol RevocationPolicy, signer *Signer) (*Revoker, error) {
+	if err := pol.Validate(); err != nil {
+		return nil, err
+	}
+	if pol.Enabled && signer == nil {
+		return nil, &ConfigError{"revocation.signing_key", "revocation requests are enabled but no signing key is configured"}
+	}
+	return &Revoker{pol: pol, signer: signer, recent: make(map[string][]int64), done: make(map[string]int64)}, nil
+}
+
+// Decide returns the signed revocation request alert a causes, or nil.
+func (r *Revoker) Decide(a *Alert) (*Revocation, error) {
+	if r == nil || !r.pol.Enabled || a.Severity < SeverityCritical || r.allowlisted(a.AgentID) {
+		return nil, nil
+	}
+	at := a.DetectedAt.UnixNano()
+	hist := r.recent[a.AgentID]
+	keep := hist[:0]
+	for _, t := range hist {
+		if at-t < int64(r.pol.Persistence) {
+			keep = append(keep, t)
+		}
+	}
+	keep = append(keep, at)
+	r.recent[a.AgentID] = keep
+	r.prune(at)
+	if a.Score < r.pol.MinScore && len(keep) < r.pol.MinAlerts {
+		return nil, nil
+	}
+	// One request per agent and window: the other kinds of the same window
+	// add nothing the first did not ask for.
+	ws := a.WindowStart.UnixNano()
+	if last, ok := r.done[a.AgentID]; ok && last == ws {
+		return nil, nil
+	}
+	r.done[a.AgentID] = ws
+	mode, why := r.pol.Mode, "policy"
+	if mode == ModeEnforce {
+		switch {
+		case a.Baseline.Source != models.SourceAgent:
+			mode, why = ModeDryRun, "cold"
+		case !r.withinBudget(a.AgentClass):
+			mode, why = ModeDryRun, "budget"
+		default:
+			r.spent = append(r.spent, spent{at: at, class: a.AgentClass})
+		}
+	}
+	rv := &Revocation{
+		RequestID: RequestID(a.AlertID, r.pol.Action), AlertID: a.AlertID,
+		AgentID: a.AgentID, AgentClass: a.AgentClass,
+		WindowStart: a.WindowStart.UTC(), WindowEnd: a.WindowEnd.UTC(), DetectedAt: a.DetectedAt.UTC(),
+		Score: a.Score, Severity: a.Severity, Kind: a.Kind, Reasons: a.Reasons, Baseline: a.Baseline,
+		CredentialID: a.CredentialID, Action: r.pol.Action, Mode: mode, Why: why,
+		ExpiresAt: a.DetectedAt.Add(r.pol.TTL).UTC(),
+	}
+	if err := r.signer.Sign(rv); err != nil {
+		return nil, err
+	}
+	return rv, nil
+}
+
+func (r *Revoker) allowlisted(agent string) bool {
+	for _, pat := range r.pol.Allowlist {
+		if ok, _ := path.Match(pat, agent); ok {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Revoker) withinBudget(class string) bool {
+	if len(r.spent) >= r.pol.Budget {
+		return false
+	}
+	n := 0
+	for _, s := range r.spent {
+		if s.class == class {
+			n++
+		}
+	}
+	return n < r.pol.BudgetPerClass
+}
+
+// prune forgets what lies beyond the persistence and budget windows.
+func (r *Revoker) prune(now int64) {
+	i := 0
+	for i < len(r.spent) && now-r.spent[i].at >= int64(r.pol.BudgetWindow) {
+		i++
+	}
+	r.spent = append(r.spent[:0], r.spent[i:]...)
+	if len(r.recent) < 1024 {
+		return
+	}
+	for agent, ts := range r.recent {
+		if len(ts) == 0 || now-ts[len(ts)-1] >= int64(r.pol.Persistence) {
+			delete(r.recent, agent)
+			delete(r.done, agent)
+		}
+	}
+}
+
+// Signer signs revocation requests with an Ed25519 key.
+type Signer struct {
+	KeyID string
+	key   ed25519.PrivateKey
+}
+
+// NewSigner returns a Signer for key, named kid in the requests.
+func NewSigner(kid string, key ed25519.PrivateKey) (*Signer, error) {
+	if kid == "" {
+		return nil, errors.New("signing key: a key id (kid) is required")
+	}
+	if len(key) != ed25519.PrivateKeySize {
+		return nil, errors.New("signing key: not an Ed25519 private key")
+	}
+	return &Signer{KeyID: kid, key: key}, nil
+}
+
+// LoadSigner reads a PEM "PRIVATE KEY" (PKCS #8, Ed25519) from file. The
+// key never appears in errors or logs.
+func LoadSigner(kid, file string) (*Signer, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("signing key: %w", err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil || blk.Type != "PRIVATE KEY" {
+		return nil, fmt.Errorf("signing key %s: want a PEM \"PRIVATE KEY\" block (PKCS #8)", file)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("signing key %s: not a PKCS #8 key", file)
+	}
+	ek, ok := k.(ed25519.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("signing key %s: not an Ed25519 key", file)
+	}
+	return NewSigner(kid, ek)
+}
+
+// Public returns the signer's public key.
+func (s *Signer) Public() ed25519.PublicKey { return s.key.Public().(ed25519.PublicKey) }
+
+// Sign sets rv's kid, signature and Body.
+func (s *Signer) Sign(rv *Revocation) error {
+	rv.KeyID, rv.Signature = s.KeyID, ""
+	msg, err := json.Marshal(rv)
+	if err != nil {
+		return err
+	}
+	rv.Signature = base64.StdEncoding.EncodeToString(ed25519.Sign(s.key, msg))
+	body := make([]byte, 0, len(msg)+len(rv.Signature)+16)
+	body = append(body, msg[:len(msg)-1]...)
+	body = append(body, `,"signature":"`...)
+	body = append(body, rv.Signature...)
+	body = append(body, `"}`...)
+	rv.Body = body
+	return nil
+}
+
+// MarshalJSON keeps times in UTC.
+func (rv *Revocation) MarshalJSON() ([]byte, error) {
+	type plain Revocation
+	c := plain(*rv)
+	c.WindowStart, c.WindowEnd, c.DetectedAt, c.ExpiresAt = c.WindowStart.UTC(), c.WindowEnd.UTC(), c.DetectedAt.UTC(), c.ExpiresAt.UTC()
+	return json.Marshal(&c)
+}
+
+// ErrBadSignature is returned by VerifyRevocation for a request whose
+// signature does not verify.
+var ErrBadSignature = errors.New("revocation: signature does not verify")
+
+// VerifyRevocation checks a revocation request's signature with the public
+// key keys[kid] and returns the decoded request.
+func VerifyRevocation(body []byte, keys map[string]ed25519.PublicKey) (*Revocation, error) {
+	body = bytes.TrimSpace(body)
+	var rv Revocation
+	if err := json.Unmarshal(body, &rv); err != nil {
+		return nil, fmt.Errorf("revocation: %w", err)
+	}
+	if rv.Signature == "" {
+		return nil, errors.New("revocation: no signature")
+	}
+	key, ok := keys[rv.KeyID]
+	if !ok {
+		return nil, fmt.Errorf("revocation: unknown key id %q", rv.KeyID)
+	}
+	sig, err := base64.StdEncoding.DecodeString(rv.Signature)
+	if err != nil {
+		return nil, fmt.Errorf("revocation: signature: %w", err)
+	}
+	tail := `,"signature":"` + rv.Signature + `"}`
+	if !bytes.HasSuffix(body, []byte(tail)) {
+		return nil, errors.New(`revocation: "signature" is not the last member`)
+	}
+	msg := append(bytes.Clone(body[:len(body)-len(tail)]), '}')
+	if !ed25519.Verify(key, msg, sig) {
+		return nil, ErrBadSignature
+	}
+	rv.Body = body
+	return &rv, nil
+}
+
+// LoadPublicKey reads a PEM "PUBLIC KEY" (PKIX, Ed25519) from file.
+func LoadPublicKey(file string) (ed25519.PublicKey, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil || blk.Type != "PUBLIC KEY" {
+		return nil, fmt.Errorf("%s: want a PEM \"PUBLIC KEY\" block", file)
+	}
+	k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	ek, ok := k.(ed25519.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("%s: not an Ed25519 key", file)
+	}
+	return ek, nil
+}
