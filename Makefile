@@ -12,10 +12,15 @@ all: build
 build:
 	$(GO) build -o $(BIN) ./cmd/vigil
 
-## deps: what the tests need beyond Go: kcat (a third-party Kafka client, Debian package).
+## deps: what the tests need beyond Go, all Debian packages: kcat (a third-party Kafka client),
+## ClickHouse server and client, Alertmanager (with amtool) and Prometheus (for promtool).
+DEB_TOOLS := kcat:kcat clickhouse-server:clickhouse-server clickhouse-client:clickhouse-client \
+	prometheus-alertmanager:prometheus-alertmanager amtool:prometheus-alertmanager promtool:prometheus
 deps:
-	@command -v kcat >/dev/null 2>&1 || { echo "installing kcat (Debian package)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat; }
+	@missing=$$(for t in $(DEB_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || \
+		[ -x /usr/sbin/$${t%%:*} ] || [ -x /usr/bin/$${t%%:*} ] || echo $${t##*:}; done | sort -u); \
+	if [ -n "$$missing" ]; then echo "installing Debian packages:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
 
 ## test: everything CI checks (formatting, vet, unit + integration tests, race detector).
 test: deps fmt-check vet
