@@ -21,6 +21,8 @@ Usage:
   vigil replay    --input FILE|- [--config FILE]              score a JSONL event file, alerts to stdout
   vigil simulate  [--out FILE] [--truth FILE] ...             write a synthetic fleet with labelled incidents
   vigil devbroker [--listen H:P] [--topic NAME:N]...          run an in-memory Kafka-protocol broker (development)
+  vigil keygen    --key FILE --pub FILE                       write an Ed25519 key pair for signing revocation requests
+  vigil verify-revocation --pub KID=FILE [FILE|-]             check the signatures of revocation requests
   vigil version                                               print the version
 
 Run "vigil COMMAND --help" for a command's flags.
@@ -47,6 +49,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = runReplay(ctx, args[1:], stdin, stdout, stderr)
 	case "simulate":
 		err = runSimulate(ctx, args[1:], stdout, stderr)
+	case "keygen":
+		err = runKeygen(ctx, args[1:], stdout, stderr)
+	case "verify-revocation":
+		err = runVerifyRevocation(ctx, args[1:], stdin, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "vigil", version)
 	case "help", "-h", "--help":

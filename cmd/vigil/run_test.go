@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"regexp"
 	"strings"
 	"sync"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/goleak"
+
+	"github.com/vigil-sec/vigil/sinks/sinktest"
 )
 
 // syncBuffer is a bytes.Buffer safe for a writer and a polling reader.
@@ -149,6 +152,8 @@ func TestRunConsumesAndExitsCleanlyOnSIGTERM(t *testing.T) {
 		_, body := get("/metrics")
 		return strings.Contains(body, `vigil_consumer_messages_total{partition="0"}`) && metricSum(body, "vigil_consumer_messages_total") == 42
 	})
+	_, body := get("/metrics")
+	promtoolCheckMetrics(t, body)
 
 	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -196,6 +201,17 @@ func startRun(t *testing.T, addr, group string, stdout, stderr *syncBuffer) (str
 		return m != nil
 	})
 	return web, rc
+}
+
+// promtoolCheckMetrics runs Prometheus's own linter on an exposition.
+func promtoolCheckMetrics(t *testing.T, body string) {
+	t.Helper()
+	cmd := exec.Command(sinktest.Binary(t, "prometheus", "promtool"), "check", "metrics")
+	cmd.Stdin = strings.NewReader(body)
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
 }
 
 // metricSum adds the values of a metric's series in Prometheus text format.
