@@ -71,8 +71,12 @@ func TestRevocationSignVerify(t *testing.T) {
 	}
 	// Any change to the signed bytes fails.
 	for _, tamper := range []func([]byte) []byte{
-		func(b []byte) []byte { return bytes.Replace(b, []byte(`"mode":"enforce"`), []byte(`"mode":"dry_run"`), 1) },
-		func(b []byte) []byte { return bytes.Replace(b, []byte(`"agent_id":"a1"`), []byte(`"agent_id":"a2"`), 1) },
+		func(b []byte) []byte {
+			return bytes.Replace(b, []byte(`"mode":"enforce"`), []byte(`"mode":"dry_run"`), 1)
+		},
+		func(b []byte) []byte {
+			return bytes.Replace(b, []byte(`"agent_id":"a1"`), []byte(`"agent_id":"a2"`), 1)
+		},
 		func(b []byte) []byte { return bytes.Replace(b, []byte(`"score":99`), []byte(`"score":98`), 1) },
 	} {
 		bad := tamper(bytes.Clone(rv.Body))
