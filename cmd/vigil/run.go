@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,11 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/vigil-sec/vigil/detector"
+	"github.com/vigil-sec/vigil/sinks/stdio"
 )
 
 // runRun is `vigil run`: consume the events topic as a member of the
@@ -74,7 +70,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	log := slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: lvl}))
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	sink := &stdioSink{out: stdout, errw: errw}
+	sink := stdio.New(stdout, errw)
 	rt, err := detector.NewRuntime(kc, cfg.Detector, sink, reg, log)
 	if err != nil {
 		return err
@@ -140,56 +136,4 @@ func (l *lockedWriter) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(b)
-}
-
-// stdioSink is the sink of `vigil run` until the real sinks exist: alerts as
-// JSONL on stdout, dead letters as one line each on stderr. A batch is
-// durable once written to the file descriptor. (It belongs in sinks/ once
-// that package exists.)
-type stdioSink struct {
-	mu   sync.Mutex
-	out  io.Writer
-	errw io.Writer
-	buf  bytes.Buffer
-}
-
-var _ detector.Sink = (*stdioSink)(nil)
-
-func (s *stdioSink) Name() string { return "stdio" }
-
-// Write is safe for concurrent use; partitions' batches do not interleave.
-func (s *stdioSink) Write(_ context.Context, b detector.Batch) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(b.DeadLetters) > 0 {
-		s.buf.Reset()
-		for _, d := range b.DeadLetters {
-			fmt.Fprintf(&s.buf, "dead-letter topic=%s partition=%d offset=%d reason=%s key=%s detail=%s\n",
-				d.Topic, d.Partition, d.Offset, d.Reason, strconv.Quote(string(d.Key)), strconv.Quote(d.Detail))
-		}
-		if _, err := s.errw.Write(s.buf.Bytes()); err != nil {
-			return stdioErr("dead letters", err)
-		}
-	}
-	if len(b.Alerts) > 0 {
-		s.buf.Reset()
-		enc := json.NewEncoder(&s.buf)
-		for _, a := range b.Alerts {
-			if err := enc.Encode(a); err != nil {
-				return fmt.Errorf("stdio: encode alert %s: %w", a.AlertID, errors.Join(err, detector.ErrPermanent))
-			}
-		}
-		if _, err := s.out.Write(s.buf.Bytes()); err != nil {
-			return stdioErr("alerts", err)
-		}
-	}
-	return nil
-}
-
-// stdioErr marks a closed pipe or file as permanent: retrying cannot help.
-func stdioErr(what string, err error) error {
-	if errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrClosed) {
-		err = errors.Join(err, detector.ErrPermanent)
-	}
-	return fmt.Errorf("stdio: write %s: %w", what, err)
 }
