@@ -77,27 +77,58 @@ func startDevbroker(t *testing.T, args ...string) string {
 	return addr
 }
 
+// vigil devbroker serves the topics named and those of vigil's it was not
+// given (the state topic with the events topic's partitions), with the
+// state topic compacted as vigil run checks with DescribeConfigs.
 func TestDevbrokerServesTopics(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t) })
-	addr := startDevbroker(t, "--topic", "agent-events:3", "--topic", "vigil-state:2")
-	conn, err := kafka.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	parts, err := conn.ReadPartitions()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := map[string]int{}
-	for _, p := range parts {
-		n[p.Topic]++
-	}
-	if n["agent-events"] != 3 || n["vigil-state"] != 2 || len(n) != 2 {
-		t.Errorf("topics: %v, want agent-events:3 and vigil-state:2", n)
+	for _, tc := range []struct {
+		args  []string
+		want  map[string]int
+		state string
+	}{
+		{args: []string{"--topic", "agent-events:3", "--topic", "vigil-state:2"}, state: "vigil-state",
+			want: map[string]int{"agent-events": 3, "vigil-state": 2, "agent-revocations": 3, "agent-events-dlq": 1}},
+		{args: nil, state: "vigil-state",
+			want: map[string]int{"agent-events": 6, "vigil-state": 6, "agent-revocations": 6, "agent-events-dlq": 1}},
+		{args: []string{"--topic", "agent-events:4", "--topic", "extra:2"}, state: "vigil-state",
+			want: map[string]int{"agent-events": 4, "extra": 2, "vigil-state": 4, "agent-revocations": 4, "agent-events-dlq": 1}},
+		{args: []string{"--events-topic", "ev", "--state-topic", "st", "--topic", "ev:2", "--topic", "agent-events-dlq:3"}, state: "st",
+			want: map[string]int{"ev": 2, "st": 2, "agent-revocations": 2, "agent-events-dlq": 3}},
+	} {
+		addr := startDevbroker(t, tc.args...)
+		tr := &kafka.Transport{}
+		cl := &kafka.Client{Addr: kafka.TCP(addr), Transport: tr, Timeout: 5 * time.Second}
+		md, err := cl.Metadata(context.Background(), &kafka.MetadataRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := map[string]int{}
+		for _, topic := range md.Topics {
+			n[topic.Name] = len(topic.Partitions)
+		}
+		if fmt.Sprint(n) != fmt.Sprint(tc.want) {
+			t.Errorf("devbroker %v: topics %v, want %v", tc.args, n, tc.want)
+		}
+		for name := range tc.want {
+			dc, err := cl.DescribeConfigs(context.Background(), &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
+				ResourceType: kafka.ResourceTypeTopic, ResourceName: name, ConfigNames: []string{"cleanup.policy"}}}})
+			if err != nil || len(dc.Resources) != 1 || len(dc.Resources[0].ConfigEntries) != 1 {
+				t.Fatalf("devbroker %v: %s configs: %+v, %v", tc.args, name, dc, err)
+			}
+			want := "delete"
+			if name == tc.state {
+				want = "compact"
+			}
+			if got := dc.Resources[0].ConfigEntries[0].ConfigValue; got != want {
+				t.Errorf("devbroker %v: %s has cleanup.policy=%s, want %s", tc.args, name, got, want)
+			}
+		}
+		tr.CloseIdleConnections()
 	}
 
-	for _, bad := range [][]string{{"--topic", "agent-events"}, {"--topic", "a:0"}, {"--topic", "a b:1"}, {"--topic", "a:1", "--topic", "a:2"}, {"extra"}} {
+	for _, bad := range [][]string{{"--topic", "agent-events"}, {"--topic", "a:0"}, {"--topic", "a b:1"}, {"--topic", "a:1", "--topic", "a:2"}, {"extra"},
+		{"--state-topic", "agent-events"}, {"--events-topic", "a b"}} {
 		var out, errb bytes.Buffer
 		if err := runDevbroker(context.Background(), append([]string{"--listen", "127.0.0.1:0"}, bad...), &out, &errb); err == nil {
 			t.Errorf("devbroker %v: no error", bad)
