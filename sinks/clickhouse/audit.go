@@ -1,0 +1,355 @@
+package clickhouse
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vigil-sec/vigil/detector"
+)
+
+// The audit chain makes what vigil emitted tamper-evident: each alert and
+// revocation request is appended, in the order vigil emitted it, to the
+// hash chain of its Kafka topic and partition (one chain per partition:
+// only one worker writes a partition at a time, so appends need no
+// coordination between instances). An entry's hash covers the previous
+// entry's hash, its own position and the record's JSON, byte for byte;
+// changing, removing or inserting an entry, or changing a stored alert or
+// request, breaks the chain from there on (VerifyChain). Cutting entries
+// off the end is evident only against a head recorded elsewhere: Write
+// logs each chain's new head at debug level.
+
+const (
+	recordAlert      = "alert"
+	recordRevocation = "revocation"
+)
+
+// genesis is the prev_hash of a chain's first entry.
+var genesis = string(bytes.Repeat([]byte{'0'}, 64))
+
+// ErrChainBroken is wrapped by VerifyChain's error when a chain does not
+// verify: an entry or a stored record was changed, removed or inserted.
+var ErrChainBroken = errors.New("audit chain broken")
+
+type chainKey struct {
+	topic     string
+	partition int
+}
+
+// record is an alert or revocation request to append to a chain.
+type record struct {
+	typ, id string
+	body    []byte // the JSON vigil emitted
+}
+
+// entryHash is an entry's hash: hex SHA-256 of the fields, each followed by
+// a newline. The same is computable in SQL (deploy/clickhouse/queries.sql,
+// audit_chain_breaks).
+func entryHash(topic string, partition int, seq uint64, at int64, prev, typ, id string, body []byte) string {
+	h := sha256.New()
+	b := make([]byte, 0, 256)
+	b = append(b, "vigil-audit-v1\n"...)
+	b = append(append(b, topic...), '\n')
+	b = append(strconv.AppendInt(b, int64(partition), 10), '\n')
+	b = append(strconv.AppendUint(b, seq, 10), '\n')
+	b = append(strconv.AppendInt(b, at, 10), '\n')
+	b = append(append(b, prev...), '\n')
+	b = append(append(b, typ...), '\n')
+	b = append(append(b, id...), '\n')
+	h.Write(b)
+	h.Write(body)
+	h.Write([]byte{'\n'})
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func (s *Sink) chainLock(k chainKey) *sync.Mutex {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := s.chains[k]
+	if l == nil {
+		l = new(sync.Mutex)
+		s.chains[k] = l
+	}
+	return l
+}
+
+// appendRecords writes b's alerts and revocation requests that are not in
+// the partition's chain yet (a redelivered batch adds nothing), then
+// appends them to the chain. The chain's head is read from ClickHouse on
+// every call rather than cached: a partition can move to another instance
+// and back, and a cached head would then fork the chain.
+func (s *Sink) appendRecords(ctx context.Context, b *detector.Batch) error {
+	k := chainKey{b.Topic, b.Partition}
+	l := s.chainLock(k)
+	l.Lock()
+	defer l.Unlock()
+
+	recs := make([]record, 0, len(b.Alerts)+len(b.Revocations))
+	ids := make([]string, 0, cap(recs))
+	for _, a := range b.Alerts {
+		body, err := json.Marshal(a)
+		if err != nil {
+			return fmt.Errorf("clickhouse: encode alert %s: %w (%w)", a.AlertID, err, detector.ErrPermanent)
+		}
+		recs = append(recs, record{recordAlert, a.AlertID, body})
+		ids = append(ids, a.AlertID)
+	}
+	for _, r := range b.Revocations {
+		body := r.Body
+		if len(body) == 0 {
+			var err error
+			if body, err = json.Marshal(r); err != nil {
+				return fmt.Errorf("clickhouse: encode revocation %s: %w (%w)", r.RequestID, err, detector.ErrPermanent)
+			}
+		}
+		recs = append(recs, record{recordRevocation, r.RequestID, body})
+		ids = append(ids, r.RequestID)
+	}
+
+	seq, prev, err := s.chainHead(ctx, k)
+	if err != nil {
+		return classify("read audit chain head", err)
+	}
+	seen, err := s.chained(ctx, k, ids)
+	if err != nil {
+		return classify("read audit chain", err)
+	}
+	var (
+		alerts    []*detector.Alert
+		alertRecs []record
+		revs      []*detector.Revocation
+		revRecs   []record
+		fresh     []record
+	)
+	for i, r := range recs {
+		key := r.typ + "\x00" + r.id
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		fresh = append(fresh, r)
+		if i < len(b.Alerts) {
+			alerts, alertRecs = append(alerts, b.Alerts[i]), append(alertRecs, r)
+		} else {
+			revs, revRecs = append(revs, b.Revocations[i-len(b.Alerts)]), append(revRecs, r)
+		}
+	}
+	if len(fresh) == 0 {
+		return nil
+	}
+	if len(alerts) > 0 {
+		if err := s.insertAlerts(ctx, k.topic, k.partition, alerts, alertRecs); err != nil {
+			return classify("insert alerts", err)
+		}
+	}
+	if len(revs) > 0 {
+		if err := s.insertRevocations(ctx, k.topic, k.partition, revs, revRecs); err != nil {
+			return classify("insert revocations", err)
+		}
+	}
+	batch, err := s.conn.PrepareBatch(ctx,
+		"INSERT INTO audit (topic, kafka_partition, seq, record_type, record_id, at, prev_hash, hash, record)")
+	if err != nil {
+		return classify("append to audit chain", err)
+	}
+	defer batch.Close()
+	at := time.Now().UTC().Truncate(time.Second)
+	for _, r := range fresh {
+		seq++
+		h := entryHash(k.topic, k.partition, seq, at.Unix(), prev, r.typ, r.id, r.body)
+		if err := batch.Append(k.topic, uint32(k.partition), seq, r.typ, r.id, at, prev, h, string(r.body)); err != nil {
+			return classify("append to audit chain", err)
+		}
+		prev = h
+	}
+	if err := batch.Send(); err != nil {
+		return classify("append to audit chain", err)
+	}
+	s.log.Debug("clickhouse: audit chain head", "topic", k.topic, "partition", k.partition, "seq", seq, "hash", prev)
+	return nil
+}
+
+// chainHead returns the last entry's seq and hash, or 0 and genesis.
+func (s *Sink) chainHead(ctx context.Context, k chainKey) (uint64, string, error) {
+	rows, err := s.conn.Query(ctx,
+		"SELECT seq, hash FROM audit WHERE topic = ? AND kafka_partition = ? ORDER BY seq DESC LIMIT 1",
+		k.topic, uint32(k.partition))
+	if err != nil {
+		return 0, "", err
+	}
+	defer rows.Close()
+	seq, hash := uint64(0), genesis
+	if rows.Next() {
+		if err := rows.Scan(&seq, &hash); err != nil {
+			return 0, "", err
+		}
+	}
+	return seq, hash, rows.Err()
+}
+
+// chained returns which of ids the chain already holds, as type\0id keys.
+func (s *Sink) chained(ctx context.Context, k chainKey, ids []string) (map[string]bool, error) {
+	rows, err := s.conn.Query(ctx,
+		"SELECT toString(record_type), record_id FROM audit WHERE topic = ? AND kafka_partition = ? AND has(?, record_id)",
+		k.topic, uint32(k.partition), ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	seen := make(map[string]bool)
+	for rows.Next() {
+		var typ, id string
+		if err := rows.Scan(&typ, &id); err != nil {
+			return nil, err
+		}
+		seen[typ+"\x00"+id] = true
+	}
+	return seen, rows.Err()
+}
+
+// VerifyChain checks the audit chain of topic's partition and returns how
+// many entries it holds. The chain verifies when its entries are numbered
+// 1, 2, … without gaps or repeats, each links to the one before and has
+// the hash of its content, and the alerts and revocations tables hold
+// exactly the chain's records of that partition, unchanged (JSON byte for
+// byte, and the columns analysts filter on agree with it). Otherwise the
+// error wraps ErrChainBroken and says where. It reads the whole chain;
+// safe for concurrent use.
+func (s *Sink) VerifyChain(ctx context.Context, topic string, partition int) (int, error) {
+	broken := func(format string, args ...any) error {
+		return fmt.Errorf("clickhouse: %s partition %d: %w: %s", topic, partition, ErrChainBroken, fmt.Sprintf(format, args...))
+	}
+	rows, err := s.conn.Query(ctx,
+		`SELECT seq, toString(record_type), record_id, at, prev_hash, hash, record
+		 FROM audit WHERE topic = ? AND kafka_partition = ? ORDER BY seq, hash`,
+		topic, uint32(partition))
+	if err != nil {
+		return 0, classify("read audit chain", err)
+	}
+	defer rows.Close()
+	digests := make(map[string][sha256.Size]byte)
+	n, prev := uint64(0), genesis
+	for rows.Next() {
+		var (
+			seq                     uint64
+			typ, id, prevHash, hash string
+			at                      time.Time
+			body                    string
+		)
+		if err := rows.Scan(&seq, &typ, &id, &at, &prevHash, &hash, &body); err != nil {
+			return 0, classify("read audit chain", err)
+		}
+		switch {
+		case seq == n:
+			return 0, broken("entry %d appears twice", seq)
+		case seq == n+2:
+			return 0, broken("entry %d is missing", n+1)
+		case seq != n+1:
+			return 0, broken("entries %d to %d are missing", n+1, seq-1)
+		case prevHash != prev:
+			return 0, broken("entry %d does not link to entry %d", seq, n)
+		case hash != entryHash(topic, partition, seq, at.Unix(), prevHash, typ, id, []byte(body)):
+			return 0, broken("entry %d (%s %s) does not match its hash", seq, typ, id)
+		}
+		key := typ + "\x00" + id
+		if _, dup := digests[key]; dup {
+			return 0, broken("entry %d repeats %s %s", seq, typ, id)
+		}
+		digests[key] = sha256.Sum256([]byte(body))
+		n, prev = seq, hash
+	}
+	if err := rows.Err(); err != nil {
+		return 0, classify("read audit chain", err)
+	}
+	rows.Close()
+	if err := s.verifyRecords(ctx, topic, partition, digests, broken); err != nil {
+		return 0, err
+	}
+	return int(n), nil
+}
+
+// verifyRecords checks the alerts and revocations of a partition against
+// the chain's record digests, which it consumes.
+func (s *Sink) verifyRecords(ctx context.Context, topic string, partition int, digests map[string][sha256.Size]byte, broken func(string, ...any) error) error {
+	match := func(typ, id, body string, agree bool) error {
+		key := typ + "\x00" + id
+		d, ok := digests[key]
+		switch {
+		case !ok:
+			return broken("%s %s is not in the chain (inserted, or left by a Write that failed before its chain entries)", typ, id)
+		case d != sha256.Sum256([]byte(body)):
+			return broken("%s %s differs from its chain entry", typ, id)
+		case !agree:
+			return broken("%s %s: its columns disagree with its JSON", typ, id)
+		}
+		delete(digests, key)
+		return nil
+	}
+
+	rows, err := s.conn.Query(ctx,
+		`SELECT alert_id, json, agent_id, window_start, score, toString(severity), kind
+		 FROM alerts FINAL WHERE topic = ? AND kafka_partition = ?`, topic, uint32(partition))
+	if err != nil {
+		return classify("read alerts", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			id, body, agent, sev, kind string
+			start                      time.Time
+			score                      float64
+			a                          detector.Alert
+		)
+		if err := rows.Scan(&id, &body, &agent, &start, &score, &sev, &kind); err != nil {
+			return classify("read alerts", err)
+		}
+		agree := json.Unmarshal([]byte(body), &a) == nil && a.AgentID == agent && a.WindowStart.Unix() == start.Unix() &&
+			a.Score == score && a.Severity.String() == sev && a.Kind == kind
+		if err := match(recordAlert, id, body, agree); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return classify("read alerts", err)
+	}
+	rows.Close()
+
+	rows, err = s.conn.Query(ctx,
+		`SELECT request_id, body, agent_id, window_start, credential_id, action, mode
+		 FROM revocations FINAL WHERE topic = ? AND kafka_partition = ?`, topic, uint32(partition))
+	if err != nil {
+		return classify("read revocations", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			id, body, agent, cred, action, mode string
+			start                               time.Time
+			r                                   detector.Revocation
+		)
+		if err := rows.Scan(&id, &body, &agent, &start, &cred, &action, &mode); err != nil {
+			return classify("read revocations", err)
+		}
+		agree := json.Unmarshal([]byte(body), &r) == nil && r.AgentID == agent && r.WindowStart.Unix() == start.Unix() &&
+			r.CredentialID == cred && r.Action == action && r.Mode == mode
+		if err := match(recordRevocation, id, body, agree); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return classify("read revocations", err)
+	}
+	for key := range digests {
+		typ, id, _ := strings.Cut(key, "\x00")
+		return broken("%s %s in the chain is missing from its table", typ, id)
+	}
+	return nil
+}

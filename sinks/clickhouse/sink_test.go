@@ -1,0 +1,621 @@
+package clickhouse
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	ch "github.com/ClickHouse/clickhouse-go/v2"
+
+	"github.com/vigil-sec/vigil/detector"
+	"github.com/vigil-sec/vigil/features"
+	"github.com/vigil-sec/vigil/sinks/sinktest"
+)
+
+var update = flag.Bool("update", false, "rewrite deploy/clickhouse/schema.sql from Schema()")
+
+const schemaFile = "../../deploy/clickhouse/schema.sql"
+
+// deploy/clickhouse/schema.sql is Schema()'s output, never edited by hand.
+func TestSchemaFileIsGenerated(t *testing.T) {
+	if *update {
+		if err := os.WriteFile(schemaFile, []byte(Schema()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := os.ReadFile(schemaFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b) != Schema() {
+		t.Errorf("%s differs from Schema(): run `go test ./sinks/clickhouse -run TestSchemaFileIsGenerated -update`", schemaFile)
+	}
+}
+
+// Migration 1's feature columns are frozen; a new feature needs a new
+// migration, and this test says so.
+func TestWindowFeatureColumnsCoverFeatures(t *testing.T) {
+	if len(windowFeatures) != int(features.NumFeatures) {
+		t.Fatalf("windows table has %d feature columns, features has %d: add a migration for the new ones", len(windowFeatures), features.NumFeatures)
+	}
+	for i, n := range windowFeatures {
+		if got := features.Feature(i).String(); got != n {
+			t.Errorf("feature %d is %q, the windows table's column %q", i, got, n)
+		}
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		edit  func(*Config)
+		field string
+	}{
+		{func(c *Config) { c.Addr = nil }, "clickhouse.addr"},
+		{func(c *Config) { c.Addr = []string{"localhost"} }, "clickhouse.addr"},
+		{func(c *Config) { c.Database = "vigil; DROP TABLE x" }, "clickhouse.database"},
+		{func(c *Config) { c.Username = "" }, "clickhouse.username"},
+		{func(c *Config) { c.PasswordFile, c.PasswordEnv = "f", "E" }, "clickhouse.password_file"},
+		{func(c *Config) { c.DialTimeout = 0 }, "clickhouse.dial_timeout"},
+		{func(c *Config) { c.WriteTimeout = 0 }, "clickhouse.write_timeout"},
+		{func(c *Config) { c.TLS.CAFile = "ca.pem" }, "clickhouse.tls.enabled"},
+	} {
+		c := DefaultConfig()
+		tc.edit(&c)
+		var ce *detector.ConfigError
+		if err := c.Validate(); !errors.As(err, &ce) || ce.Field != tc.field {
+			t.Errorf("%+v: error %v, want one naming %s", c, err, tc.field)
+		}
+	}
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Errorf("DefaultConfig: %v", err)
+	}
+}
+
+func TestPasswordFromFileOrEnv(t *testing.T) {
+	file := t.TempDir() + "/pw"
+	if err := os.WriteFile(file, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("VIGIL_TEST_CH_PASSWORD", "fr0m-env")
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{}, ""},
+		{Config{PasswordFile: file}, "s3cret"},
+		{Config{PasswordEnv: "VIGIL_TEST_CH_PASSWORD"}, "fr0m-env"},
+	} {
+		if got, err := tc.cfg.password(); err != nil || got != tc.want {
+			t.Errorf("%+v: %q, %v; want %q", tc.cfg, got, err, tc.want)
+		}
+	}
+	_, err := Config{PasswordEnv: "VIGIL_TEST_CH_UNSET"}.password()
+	if err == nil || !strings.Contains(err.Error(), "VIGIL_TEST_CH_UNSET") {
+		t.Errorf("unset variable: %v, want an error naming it", err)
+	}
+}
+
+// The schema applies twice (a second instance, a restart): the second time
+// changes nothing, and schema_migrations records each version once.
+func TestMigrationsAreIdempotent(t *testing.T) {
+	t.Parallel()
+	srv := sinktest.SharedClickHouse(t)
+	s, cfg := newSink(t, srv)
+	s.Close()
+	s2, err := New(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2.Close()
+	if got, want := query(t, srv, cfg.Database, "SELECT version, name FROM schema_migrations ORDER BY version"),
+		fmt.Sprintf("%d\t%s\n", migrations[0].version, migrations[0].name); got != want {
+		t.Errorf("schema_migrations:\n%s\nwant\n%s", got, want)
+	}
+	if got, want := query(t, srv, cfg.Database, "SHOW TABLES"),
+		"alerts\naudit\nrevocation_outcomes\nrevocations\nschema_migrations\nwindows\n"; got != want {
+		t.Errorf("tables:\n%s\nwant\n%s", got, want)
+	}
+}
+
+// schema.sql, applied with clickhouse-client, creates the same tables as
+// the migrations; vigil then starts on that database and records them.
+func TestSchemaSQLMatchesMigrations(t *testing.T) {
+	t.Parallel()
+	srv := sinktest.SharedClickHouse(t)
+	_, cfg := newSink(t, srv)
+	b, err := os.ReadFile(schemaFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Query(t, "DROP DATABASE IF EXISTS "+DefaultDatabase)
+	srv.Query(t, string(b))
+	t.Cleanup(func() { srv.Run("DROP DATABASE IF EXISTS " + DefaultDatabase) })
+	for _, table := range []string{"windows", "alerts", "revocations", "revocation_outcomes", "audit", "schema_migrations"} {
+		fromSQL := query(t, srv, DefaultDatabase, "SHOW CREATE TABLE "+table)
+		fromGo := query(t, srv, cfg.Database, "SHOW CREATE TABLE "+table)
+		if strings.Replace(fromGo, cfg.Database+".", DefaultDatabase+".", 1) != fromSQL {
+			t.Errorf("%s differs:\nschema.sql: %s\nmigrations: %s", table, fromSQL, fromGo)
+		}
+	}
+	vcfg := cfg
+	vcfg.Database = DefaultDatabase
+	s, err := New(context.Background(), vcfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if got := query(t, srv, DefaultDatabase, "SELECT count() FROM schema_migrations"); got != fmt.Sprintf("%d\n", len(migrations)) {
+		t.Errorf("schema_migrations has %q rows after vigil started on schema.sql", got)
+	}
+}
+
+// Done-when: after a forced redelivery (every batch written twice, as the
+// runtime does after a failed Write), clickhouse-client finds each window,
+// alert, revocation request and chain entry exactly once.
+func TestRedeliveryWritesOnce(t *testing.T) {
+	t.Parallel()
+	srv := sinktest.SharedClickHouse(t)
+	s, cfg := newSink(t, srv)
+	f := newFixture(t)
+	f.write(t, s)
+	f.write(t, s)
+	// A batch redelivered in pieces, and one repeating a record.
+	b := f.batches[0]
+	b.Windows = b.Windows[:2]
+	b.Alerts = []*detector.Alert{b.Alerts[1], b.Alerts[1]}
+	if err := s.Write(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	windows := len(f.batches[0].Windows) + len(f.batches[1].Windows)
+	for _, tc := range []struct{ sql, want string }{
+		{"SELECT count() FROM windows FINAL", fmt.Sprint(windows)},
+		{"SELECT uniqExact(agent_id, window_start) FROM windows", fmt.Sprint(windows)},
+		{"SELECT count() FROM alerts", "3"}, // not even twice before a merge
+		{"SELECT count() FROM alerts FINAL", "3"},
+		{"SELECT count() FROM revocations", "2"},
+		{"SELECT count() FROM revocations FINAL", "2"},
+		{"SELECT count() FROM audit", "5"},
+		{"SELECT topic, kafka_partition, max(seq), count() FROM audit GROUP BY topic, kafka_partition ORDER BY kafka_partition",
+			"agent-events\t0\t3\t3\nagent-events\t1\t2\t2"},
+	} {
+		if got := strings.TrimSpace(query(t, srv, cfg.Database, tc.sql)); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.sql, got, tc.want)
+		}
+	}
+	// Merging collapses the duplicate windows for good.
+	query(t, srv, cfg.Database, "OPTIMIZE TABLE windows FINAL")
+	if got := strings.TrimSpace(query(t, srv, cfg.Database, "SELECT count() FROM windows")); got != fmt.Sprint(windows) {
+		t.Errorf("windows after OPTIMIZE FINAL: %s, want %d", got, windows)
+	}
+	for p := range 2 {
+		if _, err := s.VerifyChain(context.Background(), fixtureTopic, p); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// Partition workers write at once; the same batch delivered concurrently
+// (a worker and its retry, or two instances during a rebalance on one
+// process) still lands once and keeps the chain linear.
+func TestConcurrentWrites(t *testing.T) {
+	t.Parallel()
+	srv := sinktest.SharedClickHouse(t)
+	s, cfg := newSink(t, srv)
+	f := newFixture(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 4 {
+		for _, b := range f.batches {
+			wg.Go(func() { errs <- s.Write(context.Background(), b) })
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := strings.TrimSpace(query(t, srv, cfg.Database, "SELECT count(), uniqExact(record_id) FROM audit")); got != "5\t5" {
+		t.Errorf("audit: %q entries and ids, want 5 and 5", got)
+	}
+	for p, want := range []int{3, 2} {
+		if n, err := s.VerifyChain(context.Background(), fixtureTopic, p); err != nil || n != want {
+			t.Errorf("partition %d: %d entries, %v; want %d", p, n, err, want)
+		}
+	}
+}
+
+// What the sink stores is what vigil emitted: the signed revocation body
+// verifies, the alert JSON and columns carry the contract's fields.
+func TestStoredRecords(t *testing.T) {
+	t.Parallel()
+	srv := sinktest.SharedClickHouse(t)
+	s, cfg := newSink(t, srv)
+	f := newFixture(t)
+	f.write(t, s)
+	body := query(t, srv, cfg.Database, fmt.Sprintf("SELECT body FROM revocations FINAL WHERE request_id = '%s' FORMAT TSVRaw", f.revs[0].RequestID))
+	if strings.TrimSpace(body) != string(f.revs[0].Body) {
+		t.Errorf("stored body:\n%s\nwant\n%s", body, f.revs[0].Body)
+	}
+	a := f.alerts[0]
+	got := query(t, srv, cfg.Database, fmt.Sprintf(`SELECT agent_id, agent_class, window_start, window_end, detected_at, detected_at_ms,
+		score, severity, kind, reason_feature, reason_z, baseline_source, baseline_windows, credential_id, topic, kafka_partition
+		FROM alerts FINAL WHERE alert_id = '%s'`, a.AlertID))
+	want := fmt.Sprintf("%s\tpayments\t%s\t%s\t%s\t345\t97\tcritical\tnovel_access\t['new_targets','new_to_peer_group','distinct_target_share']\t[9.5,8.5,3]\tagent\t500\tcert-7781\tagent-events\t0\n",
+		agentPayments, dt(a.WindowStart), dt(a.WindowEnd), dt(a.DetectedAt))
+	if got != want {
+		t.Errorf("alert row:\n%s\nwant\n%s", got, want)
+	}
+	got = query(t, srv, cfg.Database, fmt.Sprintf(`SELECT hour_of_week, events, scored = ['event_count', 'distinct_target_share', 'new_targets', 'new_actions',
+		'new_credentials', 'new_src_addresses', 'new_to_peer_group', 'action_mix_jsd', 'deny_rate', 'error_rate', 'bytes_out_per_event',
+		'bytes_in_per_event', 'latency_ms', 'amount_per_event', 'restricted_share', 'weak_auth_share'], cold, new_targets, expected_new_targets, z_new_targets
+		FROM windows FINAL WHERE agent_id = '%s' AND window_start = '%s'`, agentPayments, dt(a.WindowStart)))
+	if want := fmt.Sprintf("%d\t240\t1\t0\t4\t0.25\t9.5\n", f.payWindow.HourOfWeek); got != want {
+		t.Errorf("window row: %q, want %q", got, want)
+	}
+	got = query(t, srv, cfg.Database, fmt.Sprintf("SELECT scored, cold, baseline_source FROM windows FINAL WHERE agent_id = '%s' ORDER BY window_start LIMIT 1", agentLedger))
+	if want := "[]\t1\tpeer_group\n"; got != want {
+		t.Errorf("cold window: %q, want %q", got, want)
+	}
+}
+
+// Every query in deploy/clickhouse/queries.sql runs on the real server and
+// answers its question on the fixture.
+func TestAnalystQueries(t *testing.T) {
+	t.Parallel()
+	srv := sinktest.SharedClickHouse(t)
+	s, cfg := newSink(t, srv)
+	f := newFixture(t)
+	f.write(t, s)
+	f.write(t, s) // redelivered: the answers must not change
+	f.outcomes(t, srv, cfg.Database)
+
+	ts := func(k int) string { return dt(f.ts(k)) }
+	tsv := func(rows ...[]any) string {
+		var b strings.Builder
+		for _, r := range rows {
+			for i, v := range r {
+				if i > 0 {
+					b.WriteByte('\t')
+				}
+				fmt.Fprint(&b, v)
+			}
+			b.WriteByte('\n')
+		}
+		return b.String()
+	}
+	a1, a3, r1, r3 := f.alerts[0], f.alerts[2], f.revs[0], f.revs[1]
+	pw := f.payWindow
+	alertWindow := make([][]any, 0, features.NumFeatures)
+	for i := range features.NumFeatures {
+		alertWindow = append(alertWindow, []any{agentPayments, ts(3), 240, 97, i.String(), pw.Value[i], pw.Expected[i], pw.Z[i], 1})
+	}
+	want := map[string]string{
+		"agent_score_history": tsv(
+			[]any{ts(0), ts(1), 120, 2, "none", 0, "agent", 0, 0},
+			[]any{ts(1), ts(2), 118, 3.5, "none", 0, "agent", 0, 0},
+			[]any{ts(2), ts(3), 131, 5, "none", 0, "agent", 0, 0},
+			[]any{ts(3), ts(4), 240, 97, "critical", 0, "agent", 4, 9.5},
+			[]any{ts(4), ts(5), 150, 40, "info", 0, "agent", 1, 2.25},
+			[]any{ts(5), ts(6), 125, 4, "none", 0, "agent", 0, 0}),
+		"top_anomalous_agents_today": tsv(
+			[]any{agentPayments, "payments", 97, ts(3), 1, 0, 6},
+			[]any{agentTreasury, "treasury", 96, ts(2), 1, 0, 1},
+			[]any{agentReporting, "reporting", 65, ts(1), 0, 1, 3}),
+		"first_seen_targets_this_week": tsv(
+			[]any{agentPayments, 5, 2, ts(3)},
+			[]any{agentTreasury, 2, 1, ts(2)},
+			[]any{agentReporting, 1, 1, ts(1)}),
+		"alert_evidence": tsv(
+			[]any{fixtureAlertID, agentPayments, ts(3), dt(a1.DetectedAt), "novel_access", "critical", 97, "agent", 500, "cert-7781", "new_targets", 4, 0.25, 9.5, 0.625},
+			[]any{fixtureAlertID, agentPayments, ts(3), dt(a1.DetectedAt), "novel_access", "critical", 97, "agent", 500, "cert-7781", "new_to_peer_group", 3, 0.125, 8.5, 0.25},
+			[]any{fixtureAlertID, agentPayments, ts(3), dt(a1.DetectedAt), "novel_access", "critical", 97, "agent", 500, "cert-7781", "distinct_target_share", 0.375, 0.125, 3, 0.125}),
+		"alert_window": tsv(alertWindow...),
+		"alert_revocations": tsv(
+			[]any{r1.RequestID, "quarantine", "enforce", "policy", dt(r1.ExpiresAt), "restored", dt(f.ts(3).Add(69 * time.Minute))}),
+		"alert_audit_entries": tsv(
+			[]any{fixtureTopic, 0, 1, "alert", fixtureAlertID},
+			[]any{fixtureTopic, 0, 3, "revocation", r1.RequestID}),
+		"revocations_with_outcome": tsv(
+			[]any{dt(r1.DetectedAt), agentPayments, r1.RequestID, "quarantine", "enforce", "policy", dt(r1.ExpiresAt), "restored",
+				dt(f.ts(3).Add(69 * time.Minute)), "analyst:jdoe", "false positive: new payee onboarding"},
+			[]any{dt(a3.DetectedAt), agentTreasury, r3.RequestID, "quarantine", "dry_run", "budget", dt(r3.ExpiresAt), "pending", "", "", ""}),
+		"audit_chain_breaks": "",
+	}
+	queries := readQueries(t)
+	for name := range want {
+		if _, ok := queries[name]; !ok {
+			t.Errorf("queries.sql has no query %q", name)
+		}
+	}
+	for name, sql := range queries {
+		t.Run(name, func(t *testing.T) {
+			w, ok := want[name]
+			if !ok {
+				t.Fatalf("no expected answer for query %q: add one to this test", name)
+			}
+			if got := query(t, srv, cfg.Database, sql); got != w {
+				t.Errorf("got\n%s\nwant\n%s", got, w)
+			}
+		})
+	}
+}
+
+// readQueries returns deploy/clickhouse/queries.sql's queries by name: the
+// text from each "-- name: N" line to the next.
+func readQueries(t testing.TB) map[string]string {
+	t.Helper()
+	fh, err := os.Open("../../deploy/clickhouse/queries.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	qs := make(map[string]string)
+	var name string
+	var b strings.Builder
+	flush := func() {
+		if name != "" {
+			qs[name] = b.String()
+		}
+		b.Reset()
+	}
+	sc := bufio.NewScanner(fh)
+	for sc.Scan() {
+		line := sc.Text()
+		if n, ok := strings.CutPrefix(line, "-- name: "); ok {
+			flush()
+			name = strings.TrimSpace(n)
+			if _, dup := qs[name]; dup {
+				t.Fatalf("queries.sql: query %q twice", name)
+			}
+		}
+		if name != "" {
+			b.WriteString(line + "\n")
+		}
+	}
+	flush()
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return qs
+}
+
+// The audit chain verifies, and each kind of tampering breaks it: an entry
+// changed in place, an alert row replaced, an alert row inserted, a chain
+// entry removed. audit_chain_breaks in queries.sql flags the same entry.
+func TestAuditChainDetectsTampering(t *testing.T) {
+	t.Parallel()
+	srv := sinktest.SharedClickHouse(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		tamper func(t *testing.T, db string, f *fixture)
+		want   string
+	}{
+		{"none", func(*testing.T, string, *fixture) {}, ""},
+		{"entry changed", func(t *testing.T, db string, f *fixture) {
+			mutate(t, srv, db, "ALTER TABLE audit UPDATE record = replaceOne(record, '\"score\":97', '\"score\":17') WHERE seq = 1 AND kafka_partition = 0")
+		}, "entry 1 (alert " + fixtureAlertID + ") does not match its hash"},
+		{"alert replaced", func(t *testing.T, db string, f *fixture) {
+			query(t, srv, db, fmt.Sprintf(`INSERT INTO alerts (alert_id, agent_id, window_start, score, severity, kind, topic, kafka_partition, json)
+				SELECT alert_id, agent_id, window_start, 17, severity, kind, topic, kafka_partition, replaceOne(json, '"score":97', '"score":17')
+				FROM alerts FINAL WHERE alert_id = '%s'`, fixtureAlertID))
+		}, "alert " + fixtureAlertID + " differs from its chain entry"},
+		{"column changed", func(t *testing.T, db string, f *fixture) {
+			mutate(t, srv, db, fmt.Sprintf("ALTER TABLE alerts UPDATE score = 17 WHERE alert_id = '%s'", fixtureAlertID))
+		}, "alert " + fixtureAlertID + ": its columns disagree with its JSON"},
+		{"alert inserted", func(t *testing.T, db string, f *fixture) {
+			query(t, srv, db, fmt.Sprintf(`INSERT INTO alerts (alert_id, agent_id, window_start, topic, kafka_partition, json)
+				VALUES ('forged', '%s', '%s', 'agent-events', 0, '{}')`, agentPayments, dt(f.ts(1))))
+		}, "alert forged is not in the chain"},
+		{"entry removed", func(t *testing.T, db string, f *fixture) {
+			mutate(t, srv, db, "ALTER TABLE audit DELETE WHERE seq = 2 AND kafka_partition = 0")
+		}, "entry 2 is missing"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s, cfg := newSink(t, srv)
+			f := newFixture(t)
+			f.write(t, s)
+			tc.tamper(t, cfg.Database, f)
+			n, err := s.VerifyChain(ctx, fixtureTopic, 0)
+			if tc.want == "" {
+				if err != nil || n != 3 {
+					t.Fatalf("VerifyChain: %d entries, %v; want 3, nil", n, err)
+				}
+				if n, err := s.VerifyChain(ctx, fixtureTopic, 1); err != nil || n != 2 {
+					t.Fatalf("VerifyChain partition 1: %d entries, %v; want 2, nil", n, err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrChainBroken) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("VerifyChain: %v; want ErrChainBroken: %s", err, tc.want)
+			}
+			// The other partition's chain is intact.
+			if _, err := s.VerifyChain(ctx, fixtureTopic, 1); err != nil {
+				t.Errorf("partition 1: %v", err)
+			}
+		})
+	}
+	t.Run("sql", func(t *testing.T) {
+		t.Parallel()
+		s, cfg := newSink(t, srv)
+		f := newFixture(t)
+		f.write(t, s)
+		mutate(t, srv, cfg.Database, "ALTER TABLE audit UPDATE record = replaceOne(record, '\"score\":97', '\"score\":17') WHERE seq = 1 AND kafka_partition = 0")
+		got := query(t, srv, cfg.Database, readQueries(t)["audit_chain_breaks"])
+		if want := fmt.Sprintf("%s\t0\t1\talert\t%s\t1\t0\n", fixtureTopic, fixtureAlertID); got != want {
+			t.Errorf("audit_chain_breaks:\n%s\nwant\n%s", got, want)
+		}
+	})
+	t.Run("another instance appends", func(t *testing.T) {
+		t.Parallel()
+		// A partition moved to another instance: its sink continues the
+		// chain from the stored head.
+		s, cfg := newSink(t, srv)
+		f := newFixture(t)
+		f.write(t, s)
+		s2, err := New(ctx, cfg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s2.Close()
+		b := f.batches[0]
+		b.Alerts = []*detector.Alert{{AlertID: "later", AgentID: agentPayments, WindowStart: f.ts(5), WindowEnd: f.ts(6), DetectedAt: f.ts(6)}}
+		b.Revocations, b.Windows = nil, nil
+		if err := s2.Write(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.VerifyChain(ctx, fixtureTopic, 0); err != nil || n != 4 {
+			t.Fatalf("VerifyChain: %d, %v; want 4 entries", n, err)
+		}
+	})
+}
+
+// mutate runs an ALTER TABLE … UPDATE/DELETE and waits for it: mutations
+// are asynchronous on 18.16.
+func mutate(t *testing.T, srv *sinktest.ClickHouse, db, sql string) {
+	t.Helper()
+	query(t, srv, db, sql)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out := query(t, srv, db, fmt.Sprintf("SELECT count() FROM system.mutations WHERE database = '%s' AND is_done = 0", db))
+		if strings.TrimSpace(out) == "0" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mutation %q not done after 20 s", sql)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A server that is down gives errors the runtime retries; once it is back
+// the same batch goes through, once. A schema the sink cannot write gives
+// a permanent error.
+func TestErrorClassification(t *testing.T) {
+	t.Parallel()
+	srv := sinktest.StartClickHouse(t)
+	s, cfg := newSink(t, srv)
+	s.cfg.WriteTimeout = 3 * time.Second
+	ctx := context.Background()
+	f := newFixture(t)
+	if err := s.Write(ctx, f.batches[0]); err != nil {
+		t.Fatal(err)
+	}
+
+	srv.Stop(t)
+	for _, b := range f.batches {
+		err := s.Write(ctx, b)
+		if err == nil || errors.Is(err, detector.ErrPermanent) {
+			t.Fatalf("server stopped: Write returned %v, want a transient error", err)
+		}
+		t.Logf("server stopped: %v", err)
+	}
+	if _, err := New(ctx, cfg, nil); err == nil || errors.Is(err, detector.ErrPermanent) {
+		t.Errorf("server stopped: New returned %v, want a transient error", err)
+	}
+	srv.Start(t)
+	var err error
+	for range 50 { // pooled connections to the old process fail once
+		if err = s.Write(ctx, f.batches[1]); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("server back: %v", err)
+	}
+	if err := s.Write(ctx, f.batches[0]); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(query(t, srv, cfg.Database, "SELECT count() FROM alerts FINAL")); got != "3" {
+		t.Errorf("alerts after the restart: %s, want 3", got)
+	}
+
+	query(t, srv, cfg.Database, "ALTER TABLE windows DROP COLUMN z_latency_ms")
+	err = s.Write(ctx, f.batches[0])
+	if !errors.Is(err, detector.ErrPermanent) {
+		t.Errorf("column dropped: Write returned %v, want ErrPermanent", err)
+	}
+	t.Logf("column dropped: %v", err)
+
+	bad := cfg
+	bad.Username = "nobody"
+	if _, err := New(ctx, bad, nil); !errors.Is(err, detector.ErrPermanent) {
+		t.Errorf("unknown user: New returned %v, want ErrPermanent", err)
+	}
+	var cancelled context.Context
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := s.Write(cancelled, f.batches[1]); err == nil || errors.Is(err, detector.ErrPermanent) {
+		t.Errorf("cancelled: Write returned %v, want a transient error", err)
+	}
+}
+
+func TestClassify(t *testing.T) {
+	for _, tc := range []struct {
+		err       error
+		permanent bool
+	}{
+		{&ch.Exception{Code: 16, Message: "No such column"}, true},
+		{&ch.Exception{Code: 53, Message: "Type mismatch"}, true},
+		{&ch.Exception{Code: 516, Message: "Authentication failed"}, true},
+		{&ch.Exception{Code: 252, Message: "Too many parts"}, false},
+		{&ch.Exception{Code: 241, Message: "Memory limit exceeded"}, false},
+		{fmt.Errorf("append: %w", ch.ErrBatchInvalid), true},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, false},
+		{io.EOF, false},
+		{context.DeadlineExceeded, false},
+		{ch.ErrAcquireConnTimeout, false},
+	} {
+		err := classify("insert windows", tc.err)
+		if got := errors.Is(err, detector.ErrPermanent); got != tc.permanent {
+			t.Errorf("%v: permanent %v, want %v", tc.err, got, tc.permanent)
+		}
+		if !errors.Is(err, tc.err) {
+			t.Errorf("%v: the cause is lost: %v", tc.err, err)
+		}
+	}
+}
+
+// BenchmarkWriteWindows measures inserting window records (the bulk of
+// what vigil writes) into a real server, by batch size: each insert
+// creates a part on the server, so larger batches amortise its fixed cost.
+func BenchmarkWriteWindows(b *testing.B) {
+	srv := sinktest.SharedClickHouse(b)
+	f := newFixture(b)
+	for _, n := range []int{100, 1000, 10000} {
+		b.Run(fmt.Sprintf("batch=%d", n), func(b *testing.B) {
+			s, _ := newSink(b, srv)
+			ws := make([]detector.WindowRecord, n)
+			for i := range ws {
+				ws[i] = f.payWindow
+				ws[i].AgentID = fmt.Sprintf("spiffe://bank.example/agent/bench-%05d", i)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				step := int64(i) * int64(10*time.Minute)
+				for j := range ws {
+					ws[j].Start, ws[j].End = f.payWindow.Start+step, f.payWindow.End+step
+				}
+				if err := s.Write(context.Background(), detector.Batch{Topic: fixtureTopic, Windows: ws}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "rows/s")
+		})
+	}
+}
