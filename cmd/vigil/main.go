@@ -53,6 +53,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = runKeygen(ctx, args[1:], stdout, stderr)
 	case "verify-revocation":
 		err = runVerifyRevocation(ctx, args[1:], stdin, stdout, stderr)
+	case "schema":
+		err = runSchema(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "vigil", version)
 	case "help", "-h", "--help":
