@@ -20,11 +20,12 @@ var errUsage = errors.New("usage")
 type Config struct {
 	Detector detector.Config        `yaml:"detector"`
 	Kafka    detector.RuntimeConfig `yaml:"kafka"`
+	Outputs  Outputs                `yaml:"outputs"`
 }
 
 // DefaultConfig returns the configuration used when there is no file.
 func DefaultConfig() Config {
-	return Config{Detector: detector.DefaultConfig(), Kafka: detector.DefaultRuntimeConfig()}
+	return Config{Detector: detector.DefaultConfig(), Kafka: detector.DefaultRuntimeConfig(), Outputs: DefaultOutputs()}
 }
 
 // loadConfig reads path over the defaults; an empty path means defaults only.
@@ -47,6 +48,9 @@ func loadConfig(path string) (Config, error) {
 		return cfg, fmt.Errorf("config %s: %w", path, err)
 	}
 	if err := cfg.Kafka.Validate(); err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := cfg.Outputs.Validate(); err != nil {
 		return cfg, fmt.Errorf("config %s: %w", path, err)
 	}
 	return cfg, nil

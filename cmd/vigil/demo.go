@@ -26,6 +26,8 @@ import (
 	"github.com/vigil-sec/vigil/detector"
 	"github.com/vigil-sec/vigil/features"
 	"github.com/vigil-sec/vigil/sim"
+	"github.com/vigil-sec/vigil/sinks/alertmanager"
+	"github.com/vigil-sec/vigil/sinks/clickhouse"
 )
 
 // `vigil demo` runs the whole streaming path on one machine: the in-process
@@ -60,6 +62,9 @@ type demoOptions struct {
 	speed float64 // simulated seconds per wall-clock second; 0: unpaced
 	// refresh and plainEvery pace the view (tests shorten them).
 	refresh, plainEvery time.Duration
+	// Optional real sinks the members also write to.
+	amURLs []string
+	chAddr string
 }
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -72,6 +77,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.IntVar(&o.sim.WarmupDays, "warmup-days", 2, "leading days without incidents, while the baselines learn (below --days)")
 	fs.IntVar(&o.sim.Incidents, "incidents", 10, "malicious incidents to inject after the warm-up")
 	fs.Int64Var(&o.sim.Seed, "seed", d.Seed, "random seed: the same seed gives the same fleet and incidents")
+	fs.Func("alertmanager.url", "also send the alerts to this Alertmanager (repeat for an HA pair)", func(s string) error {
+		o.amURLs = append(o.amURLs, s)
+		return nil
+	})
+	fs.StringVar(&o.chAddr, "clickhouse.addr", "", "also store windows, alerts and the audit chain in this ClickHouse (native protocol host:port, database vigil_demo)")
 	fs.Float64Var(&o.speed, "speed", 8640, "simulated seconds per wall-clock second (8640: one simulated day every 10s); 0: as fast as possible")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, `Usage: vigil demo [flags]
@@ -108,6 +118,35 @@ caught is compared with the injected incidents. Stop early with Ctrl-C.
 		viewOut, tty = stdout, true
 	}
 	return demo(ctx, o, stdout, viewOut, tty)
+}
+
+// demoSinks builds the real sinks named by the demo's flags, shared by the
+// members.
+func demoSinks(ctx context.Context, o demoOptions, log *slog.Logger) (*outputs, error) {
+	out := &outputs{}
+	if len(o.amURLs) > 0 {
+		c := alertmanager.DefaultConfig()
+		c.URLs = o.amURLs
+		// Simulated time runs fast: resolve quickly in wall-clock terms.
+		c.ResendInterval, c.ResolveAfter = 10*time.Second, time.Minute
+		s, err := alertmanager.New(c, log)
+		if err != nil {
+			return nil, fmt.Errorf("--alertmanager.url: %w", err)
+		}
+		out.add(s, s.Close)
+		out.run = append(out.run, s.Run)
+	}
+	if o.chAddr != "" {
+		c := clickhouse.DefaultConfig()
+		c.Addr, c.Database = []string{o.chAddr}, "vigil_demo"
+		s, err := clickhouse.New(ctx, c, log)
+		if err != nil {
+			out.Close()
+			return nil, fmt.Errorf("--clickhouse.addr: %w", err)
+		}
+		out.add(s, s.Close)
+	}
+	return out, nil
 }
 
 // demoMember is one of the Runtimes in the demo's consumer group.
@@ -156,11 +195,24 @@ func demo(ctx context.Context, o demoOptions, out, viewOut io.Writer, tty bool) 
 	prod := &demoProducer{w: w, start: o.sim.Start, speed: o.speed}
 	cl := &kafka.Client{Addr: kafka.TCP(addr), Transport: tr, Timeout: 5 * time.Second}
 
+	extra, err := demoSinks(ctx, o, log)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	defer extra.Close()
+	sinkCtx, stopSinks := context.WithCancel(context.Background())
+	defer extra.start(sinkCtx, log)()
+	defer stopSinks()
+
 	members := make([]*demoMember, demoMembers)
 	for i := range members {
 		reg := prometheus.NewRegistry()
 		name := fmt.Sprintf("demo-%d", i+1)
-		rt, err := detector.NewRuntime(kc, det, &demoSink{name: name, v: v}, reg, log.With("member", i+1))
+		sink, err := detector.NewFanout(reg, log, kc.RetryBackoff, kc.MaxRetryBackoff, append([]detector.Sink{&demoSink{name: name, v: v}}, extra.sinks...)...)
+		if err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+		rt, err := detector.NewRuntime(kc, det, sink, reg, log.With("member", i+1))
 		if err != nil {
 			return fmt.Errorf("demo: %w", err)
 		}

@@ -21,6 +21,7 @@ Usage:
   vigil replay    --input FILE|- [--config FILE]              score a JSONL event file, alerts to stdout
   vigil simulate  [--out FILE] [--truth FILE] ...             write a synthetic fleet with labelled incidents
   vigil devbroker [--listen H:P] [--topic NAME:N]...          run an in-memory Kafka-protocol broker (development)
+  vigil schema    clickhouse                                  print the ClickHouse DDL (deploy/clickhouse/schema.sql)
   vigil keygen    --key FILE --pub FILE                       write an Ed25519 key pair for signing revocation requests
   vigil verify-revocation --pub KID=FILE [FILE|-]             check the signatures of revocation requests
   vigil version                                               print the version

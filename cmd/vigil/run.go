@@ -18,7 +18,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/vigil-sec/vigil/detector"
-	"github.com/vigil-sec/vigil/sinks/stdio"
 )
 
 // runRun is `vigil run`: consume the events topic as a member of the
@@ -32,6 +31,13 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	group := fs.String("kafka.group", "", "consumer group (overrides kafka.group; default vigil)")
 	listen := fs.String("web.listen-address", "127.0.0.1:9464", "address for /-/healthy, /-/ready and /metrics")
 	logLevel := fs.String("log.level", "info", "log level: debug, info, warn or error")
+	var amURLs []string
+	fs.Func("alertmanager.url", "Alertmanager base URL to send alerts to; repeat for an HA pair (overrides outputs.alertmanager.urls)", func(s string) error {
+		amURLs = append(amURLs, s)
+		return nil
+	})
+	chAddr := fs.String("clickhouse.addr", "", "ClickHouse native-protocol host:port; enables the ClickHouse output (overrides outputs.clickhouse.addr)")
+	webhookURL := fs.String("webhook.url", "", "URL to POST signed revocation requests to (overrides outputs.webhook.url)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: vigil run [flags]\n\nJoins the Kafka consumer group and scores the events topic: alerts (contract v1)\nas JSONL on stdout, rejected events (dead letters) with their reason on stderr.\nStops on SIGINT or SIGTERM after writing and committing what it has read.\nSASL passwords come from a file or an environment variable named in the\nconfiguration, never from flags.\n\n")
 		fs.PrintDefaults()
@@ -60,6 +66,19 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := kc.Validate(); err != nil {
 		return err
 	}
+	cfg.Kafka = kc
+	if len(amURLs) > 0 {
+		cfg.Outputs.Alertmanager.URLs = amURLs
+	}
+	if *chAddr != "" {
+		cfg.Outputs.ClickHouse.Enabled, cfg.Outputs.ClickHouse.Addr = true, []string{*chAddr}
+	}
+	if *webhookURL != "" {
+		cfg.Outputs.Webhook.URL = *webhookURL
+	}
+	if err := cfg.Outputs.Validate(); err != nil {
+		return err
+	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
 		return fmt.Errorf("--log.level: %w", err)
@@ -70,16 +89,26 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	log := slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: lvl}))
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	sink := stdio.New(stdout, errw)
-	rt, err := detector.NewRuntime(kc, cfg.Detector, sink, reg, log)
-	if err != nil {
-		return err
-	}
-
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("--web.listen-address: %w", err)
 	}
+	defer ln.Close()
+	outs, err := buildOutputs(ctx, cfg, stdout, errw, reg, log)
+	if err != nil {
+		return err
+	}
+	defer outs.Close()
+	sink, err := detector.NewFanout(reg, log, kc.RetryBackoff, kc.MaxRetryBackoff, outs.sinks...)
+	if err != nil {
+		return err
+	}
+	rt, err := detector.NewRuntime(kc, cfg.Detector, sink, reg, log)
+	if err != nil {
+		return err
+	}
+	rt.SetSigner(outs.signer)
+
 	mux := http.NewServeMux()
 	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "vigil is healthy.")
@@ -108,7 +137,13 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}()
 	log.Info("vigil run", "version", version, "web", "http://"+ln.Addr().String(), "brokers", kc.Brokers, "topic", kc.Topic, "group", kc.Group)
 
+	// The sinks' background loops (Alertmanager re-sends) outlive the
+	// runtime, which writes its last outputs as it stops.
+	sinkCtx, stopSinks := context.WithCancel(context.Background())
+	waitSinks := outs.start(sinkCtx, log)
 	runErr := rt.Run(ctx)
+	stopSinks()
+	waitSinks()
 
 	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer scancel()
