@@ -54,8 +54,10 @@ demo-replay: build
 ## bench: speed and memory benchmarks, then the detection-quality benchmark.
 bench: bench-speed bench-quality
 
-bench-speed:
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./features ./models ./bench
+bench-speed: deps
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./features ./models
+	$(GO) test -run '^$$' -bench 'Replay|Pipeline' -benchmem -count 5 ./bench
+	$(GO) test -run '^$$' -bench EventToAlertmanager -benchtime 10x -count 3 ./bench
 
 bench-quality:
 	$(GO) run ./bench/quality
