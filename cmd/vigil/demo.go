@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"os"
 	"slices"
 	"sort"
@@ -991,6 +992,13 @@ func (v *demoView) summary(w io.Writer, s demoSummary) {
 	fmt.Fprintf(bw, "dead letters  %d %v\n", deadN, reasons)
 	fmt.Fprintf(bw, "alerts        %d: %d critical, %d warning, %d info; %d fired before their window closed\n",
 		len(v.alerts), v.bySev[detector.SeverityCritical], v.bySev[detector.SeverityWarning], v.bySev[detector.SeverityInfo], v.early)
+	for _, u := range s.o.amURLs {
+		fmt.Fprintf(bw, "alertmanager  sent to %s: amtool --alertmanager.url=%s alert query alertname=%s\n", u, u, alertmanager.DefaultAlertName)
+	}
+	if a := s.o.chAddr; a != "" {
+		host, port, _ := net.SplitHostPort(a)
+		fmt.Fprintf(bw, "clickhouse    windows, alerts and the audit chain in %s database vigil_demo: clickhouse-client --host %s --port %s --query 'SELECT agent_id, kind, severity, score FROM vigil_demo.alerts FINAL ORDER BY score DESC LIMIT 10'\n", a, host, port)
+	}
 
 	alerts := make([]bench.Alert, 0, len(v.alerts))
 	for _, a := range v.alerts {

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
@@ -11,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/vigil-sec/vigil/sinks/sinktest"
 )
 
 // vigil demo on a tiny fleet at a high speed: it streams everything through
@@ -105,4 +109,56 @@ func TestDemoRejectsBadFlags(t *testing.T) {
 			t.Errorf("%v: rc %d, stderr %q; want rc %d mentioning %s", tc.args, rc, errb.String(), tc.rc, tc.want)
 		}
 	}
+}
+
+// vigil demo with the real sinks attached: the alerts it shows are in
+// ClickHouse (once each) and reached Alertmanager (its own counter).
+func TestDemoWithSinks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts ClickHouse and Alertmanager")
+	}
+	ch := sinktest.StartClickHouse(t)
+	am := sinktest.StartAlertmanager(t)
+	var stdout, stderr syncBuffer
+	rc := run([]string{"demo", "--agents", "12", "--days", "3", "--warmup-days", "2", "--incidents", "2", "--speed", "200000",
+		"--clickhouse.addr", ch.Addr(), "--alertmanager.url", am.URL()}, nil, &stdout, &stderr)
+	sum := stdout.String()
+	if rc != 0 {
+		t.Fatalf("demo: rc %d\n%s\n%s", rc, stderr.String(), sum)
+	}
+	m := regexp.MustCompile(`(?m)^alerts\s+(\d+):`).FindStringSubmatch(sum)
+	if m == nil {
+		t.Fatalf("no alert count in the summary:\n%s", sum)
+	}
+	n, _ := strconv.Atoi(m[1])
+	if n == 0 {
+		t.Fatalf("the demo raised no alert:\n%s", sum)
+	}
+	if got := strings.TrimSpace(ch.Query(t, "SELECT uniqExact(alert_id) FROM vigil_demo.alerts FINAL")); got != m[1] {
+		t.Errorf("ClickHouse holds %s alerts, the demo showed %d", got, n)
+	}
+	if got := strings.TrimSpace(ch.Query(t, "SELECT count() FROM vigil_demo.windows FINAL")); got == "0" {
+		t.Error("no windows in ClickHouse")
+	}
+	if !strings.Contains(sum, "amtool --alertmanager.url="+am.URL()) || !strings.Contains(sum, "vigil_demo.alerts") {
+		t.Errorf("the summary does not say where the alerts went:\n%s", sum)
+	}
+	received := amReceived(t, am.URL())
+	if received < 1 {
+		t.Errorf("Alertmanager received %v firing alerts", received)
+	}
+	t.Logf("%d alerts; Alertmanager received %.0f firing alert posts", n, received)
+}
+
+// amReceived reads Alertmanager's own count of firing alerts received.
+func amReceived(t *testing.T, url string) float64 {
+	t.Helper()
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return metricSum(string(b), `alertmanager_alerts_received_total{status="firing"}`) +
+		metricSum(string(b), `alertmanager_alerts_received_total{status="firing",version="v2"}`)
 }

@@ -241,6 +241,11 @@ outputs:
 	if metricSum(metrics, `vigil_sink_retries_total{sink="alertmanager"}`) == 0 {
 		t.Error("no retries against Alertmanager: the outage did not block an alert")
 	}
+	// The Alertmanager restarted after the outage has the alerts that
+	// waited for it (its own counter).
+	if n := amReceived(t, am.URL()); n < 1 {
+		t.Errorf("the restarted Alertmanager received %v alerts", n)
+	}
 	t.Logf("amtool:\n%s", am.Query(t))
 }
 
