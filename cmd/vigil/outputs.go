@@ -128,6 +128,11 @@ func buildOutputs(ctx context.Context, cfg Config, stdout, stderr io.Writer, reg
 		}
 		o.add(s, s.Close)
 		o.run = append(o.run, s.Run)
+		if reg != nil {
+			if err := reg.Register(s); err != nil {
+				return nil, fmt.Errorf("outputs.alertmanager: metrics: %w", err)
+			}
+		}
 	}
 	if oc.ClickHouse.Enabled {
 		s, err := clickhouse.New(ctx, oc.ClickHouse.Config, log)

@@ -193,6 +193,7 @@ outputs:
 	})
 	t.Logf("caught up %v after the sinks returned", time.Since(up).Round(100*time.Millisecond))
 	metrics := scrape(t, web)
+	promtoolCheckMetrics(t, metrics) // with every sink's metrics present
 	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
