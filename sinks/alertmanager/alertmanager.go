@@ -45,7 +45,7 @@ type Sink struct {
 	log       *slog.Logger
 	client    *http.Client
 	transport *http.Transport
-	targets   []target
+	targets   []*target
 	now       func() time.Time // wall clock; tests replace it
 	m         metrics
 
@@ -72,6 +72,30 @@ var (
 type target struct {
 	base string // the configured URL: in errors, logs and metric labels
 	post string // base + /api/v2/alerts
+
+	mu         sync.Mutex
+	lastLog    time.Time // of a failure another Alertmanager made up for
+	suppressed int       // such failures not logged since
+}
+
+// logEvery bounds the log lines about one Alertmanager of several that is
+// down: one per interval, with the count of the others.
+const logEvery = 30 * time.Second
+
+// logFailure logs err unless one was logged for t within logEvery.
+func (s *Sink) logFailure(t *target, alerts int, err error) {
+	t.mu.Lock()
+	now := time.Now()
+	if !t.lastLog.IsZero() && now.Sub(t.lastLog) < logEvery {
+		t.suppressed++
+		t.mu.Unlock()
+		return
+	}
+	n := t.suppressed
+	t.lastLog, t.suppressed = now, 0
+	t.mu.Unlock()
+	s.log.Warn("alertmanager: an Alertmanager did not take alerts another one took; the re-send will deliver them",
+		"url", t.base, "alerts", alerts, "err", err, "failures_not_logged", n)
 }
 
 // entry is one Alertmanager alert (label set) the sink has fired.
@@ -125,7 +149,7 @@ func New(cfg Config, log *slog.Logger) (*Sink, error) {
 	}
 	for _, u := range cfg.URLs {
 		p, _ := endpoint(u)
-		s.targets = append(s.targets, target{base: u, post: p})
+		s.targets = append(s.targets, &target{base: u, post: p})
 	}
 	s.m = newMetrics(cfg.URLs, func() float64 {
 		s.mu.Lock()
@@ -403,7 +427,7 @@ func (s *Sink) send(ctx context.Context, alerts []postableAlert) error {
 	for i := range s.targets {
 		wg.Go(func() {
 			for j, body := range bodies {
-				if errs[i] = s.post(ctx, &s.targets[i], body, counts[j]); errs[i] != nil {
+				if errs[i] = s.post(ctx, s.targets[i], body, counts[j]); errs[i] != nil {
 					return
 				}
 			}
@@ -421,10 +445,9 @@ func (s *Sink) send(ctx context.Context, alerts []postableAlert) error {
 		}
 	}
 	if ok > 0 {
-		for _, err := range errs {
+		for i, err := range errs {
 			if err != nil {
-				s.log.Warn("alertmanager: an Alertmanager did not take alerts another one took; the re-send will deliver them",
-					"alerts", len(alerts), "err", err)
+				s.logFailure(s.targets[i], len(alerts), err)
 			}
 		}
 		return nil

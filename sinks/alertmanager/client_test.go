@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/vigil-sec/vigil/detector"
 )
 
@@ -173,5 +175,49 @@ func TestTLS(t *testing.T) {
 	}
 	if n := len(am.take()); n != 2 {
 		t.Errorf("%d alerts arrived, want 2", n)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	am, dead := newFakeAM(t), deadURL(t)
+	s := newTestSink(t, nil, Config{}, am.srv.URL, dead)
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(s)
+	ctx := context.Background()
+	s.Write(ctx, detector.Batch{Alerts: []*detector.Alert{
+		alert("a", detector.KindVolume, detector.SeverityCritical, 0),
+		alert("b", detector.KindVolume, detector.SeverityCritical, 0),
+	}})
+	s.Write(ctx, detector.Batch{Windows: []detector.WindowRecord{window("a", detector.SeverityNone, 1)}})
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			name := mf.GetName()
+			for _, l := range m.GetLabel() {
+				name += "," + l.GetName() + "=" + l.GetValue()
+			}
+			got[name] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	for k, v := range map[string]float64{
+		"vigil_alertmanager_posts_total,result=ok,url=" + am.srv.URL:       2,
+		"vigil_alertmanager_posts_total,result=error,url=" + dead:          2,
+		"vigil_alertmanager_alerts_sent_total,url=" + am.srv.URL:           3,
+		"vigil_alertmanager_resolved_total,reason=normal":                  1,
+		"vigil_alertmanager_resolved_total,reason=evicted":                 0,
+		"vigil_alertmanager_firing_alerts":                                 1,
+		"vigil_alertmanager_posts_total,result=rejected,url=" + dead:       0,
+		"vigil_alertmanager_alerts_sent_total,url=" + dead:                 0,
+		"vigil_alertmanager_resolved_total,reason=expired":                 0,
+		"vigil_alertmanager_resolved_total,reason=superseded":              0,
+		"vigil_alertmanager_posts_total,result=rejected,url=" + am.srv.URL: 0,
+	} {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
+		}
 	}
 }

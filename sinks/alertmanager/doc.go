@@ -35,7 +35,8 @@
 //
 // Resolved alerts are re-sent by Run until Alertmanager would have timed
 // them out anyway (ResolveAfter after their last firing send), so one that
-// missed the resolution learns it. If vigil stops, what it had fired
+// missed the resolution learns it. (A retried Write finds its resolutions
+// already made and does not send them again: Run does.) If vigil stops, what it had fired
 // resolves in Alertmanager by itself within ResolveAfter: the state is not
 // checkpointed, and a restarted vigil fires an alert again at the agent's
 // next anomalous window.
