@@ -779,7 +779,7 @@ func (r *Runtime) checkpoint(ctx context.Context, ps *partState) error {
 	m := checkpointMarker{
 		Term: ck.term, Seq: seq, Topic: r.cfg.Topic, Partition: ps.id, Offset: ps.next,
 		State:  ps.p.AppendPartitionState(nil),
-		Agents: len(ps.p.agents), Classes: len(ps.p.classes),
+		Agents: ps.p.NumAgents(), Classes: len(ps.p.classes),
 		DedupGen: gen, DedupCur: pieces[gen],
 	}
 	if gen > 0 {

@@ -30,6 +30,13 @@ type Config struct {
 	AgentSeenSlots int `yaml:"agent_seen_slots"`
 	// PeerSeenSlots sizes each peer group's first-seen set.
 	PeerSeenSlots int `yaml:"peer_seen_slots"`
+	// EvictAfter: the streaming runtime moves an agent out of memory once
+	// it has been idle this long (event time) with its state checkpointed,
+	// and reloads it when it returns. 0 keeps every agent in memory.
+	EvictAfter time.Duration `yaml:"evict_after"`
+	// SpillDir is where evicted agents are kept (an unlinked file per
+	// partition); "" is the system's temporary directory.
+	SpillDir string `yaml:"spill_dir"`
 	// Policy decides severities and what is emitted.
 	Policy Policy `yaml:"policy"`
 	// Revocation decides which alerts become revocation requests.
@@ -63,6 +70,7 @@ func DefaultConfig() Config {
 		DedupCapacity:   1 << 18,
 		AgentSeenSlots:  128,
 		PeerSeenSlots:   8192,
+		EvictAfter:      6 * time.Hour,
 		Policy: Policy{
 			InfoScore: 40, WarningScore: 60, CriticalScore: 80,
 			PersistWindows: 2, MinSeverity: SeverityWarning, EarlyDecisions: true, MaxReasons: 5,
@@ -84,6 +92,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.AllowedLateness < 0 || c.AllowedLateness >= c.Model.WindowSize:
 		return &ConfigError{"allowed_lateness", fmt.Sprintf("%v: want ≥ 0 and below the window size %v", c.AllowedLateness, c.Model.WindowSize)}
+	case c.EvictAfter != 0 && c.EvictAfter < 2*c.Model.WindowSize:
+		return &ConfigError{"evict_after", fmt.Sprintf("%v: want 0 (never) or at least two windows", c.EvictAfter)}
 	case c.DedupHorizon < 0:
 		return &ConfigError{"dedup_horizon", "must be ≥ 0"}
 	case c.DedupCapacity < 16:

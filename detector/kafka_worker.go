@@ -26,7 +26,9 @@ type partState struct {
 	windows int   // windows closed since last counted in metrics
 	// windowsSince is when the oldest unwritten window record was made.
 	windowsSince time.Time
-	gen          int32 // the generation whose worker last ran it
+	spill        *SpillFile // evicted agents; nil: eviction off
+	reloads      int64      // reloads already counted in metrics
+	gen          int32      // the generation whose worker last ran it
 	ck           ckState
 }
 
@@ -59,8 +61,12 @@ func (ck *ckState) newTerm() {
 	ck.term, ck.seq, ck.full = rand.Uint64(), 0, true
 }
 
-// dropped logs what is lost with a state that leaves this member.
+// dropped logs what is lost with a state that leaves this member, and frees
+// its spill file.
 func (ps *partState) dropped(log *slog.Logger) {
+	if ps.spill != nil {
+		ps.spill.Close()
+	}
 	if n := ps.pending.Len(); n > 0 {
 		log.Error("partition left this member with unwritten output; it was not committed, so the partition's next owner reprocesses those messages",
 			"partition", ps.id, "alerts", len(ps.pending.Alerts), "revocations", len(ps.pending.Revocations), "windows", len(ps.pending.Windows), "dead_letters", len(ps.pending.DeadLetters))
@@ -121,6 +127,14 @@ func (r *Runtime) newPartState(id int) (*partState, error) {
 		newWindowRecord(&ps.pending.Windows[len(ps.pending.Windows)-1], s)
 	})
 	p.TrackChanges()
+	if r.det.EvictAfter > 0 {
+		sp, err := NewSpillFile(r.det.SpillDir)
+		if err != nil {
+			return nil, err
+		}
+		p.SetStore(sp)
+		ps.spill = sp
+	}
 	ps.p = p
 	return ps, nil
 }
@@ -215,6 +229,7 @@ func (r *Runtime) work(rctx, gctx context.Context, gen *kafka.Generation, a kafk
 	scancel()
 	r.m.lag.DeleteLabelValues(partitionLabel(a.ID))
 	r.m.agents.DeleteLabelValues(partitionLabel(a.ID))
+	r.m.evicted.DeleteLabelValues(partitionLabel(a.ID))
 	log.Debug("partition worker stopped", "next", ps.next, "committed", w.committed)
 }
 
@@ -292,6 +307,9 @@ func (w *worker) gauges() {
 		w.r.m.lag.WithLabelValues(id).Set(float64(lag))
 	}
 	w.r.m.agents.WithLabelValues(id).Set(float64(len(w.ps.p.agents)))
+	if w.ps.spill != nil {
+		w.r.m.evicted.WithLabelValues(id).Set(float64(w.ps.spill.Len()))
+	}
 }
 
 func (w *worker) process(m *kafka.Message) {
@@ -465,6 +483,26 @@ func (w *worker) checkpoint(ctx context.Context, force bool) {
 	}
 	r.m.ckSeconds.Observe(time.Since(start).Seconds())
 	w.commit(ps.next)
+	w.evict()
+}
+
+// evict moves the partition's idle, checkpointed agents out of memory.
+func (w *worker) evict() {
+	ps, r := w.ps, w.r
+	if ps.spill == nil || !ps.p.started {
+		return
+	}
+	n, err := ps.p.Evict(ps.p.stats.MaxTS - int64(r.det.EvictAfter))
+	if err != nil {
+		w.log.Warn("evicting idle agents failed; they stay in memory", "err", err)
+	}
+	if n > 0 {
+		r.m.evictions.Add(float64(n))
+	}
+	if d := ps.p.stats.Reloads - ps.reloads; d > 0 {
+		r.m.reloads.Add(float64(d))
+		ps.reloads = ps.p.stats.Reloads
+	}
 }
 
 // commit commits offset next for the partition (the state of every message

@@ -39,3 +39,44 @@ func BenchmarkIdleAgentMemory(b *testing.B) {
 		runtime.KeepAlive(p)
 	}
 }
+
+// BenchmarkEvictedAgentMemory reports the heap held per agent once idle
+// agents are evicted to a spill file (the index entry: id and offset).
+func BenchmarkEvictedAgentMemory(b *testing.B) {
+	const agents = 20000
+	for b.Loop() {
+		p, err := NewPipeline(DefaultConfig(), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sp, err := NewSpillFile(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		p.SetStore(sp)
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		ts := t0
+		for i := range agents {
+			for j := range 3 {
+				e := ev{id: fmt.Sprintf("%d-%d", i, j), agent: fmt.Sprintf("spiffe://bank.example/agent/a-%06d", i),
+					class: fmt.Sprintf("class-%d", i%20), target: fmt.Sprintf("t%d", j), action: "op", ts: ts, bytesOut: 100}
+				if err := p.Process([]byte(e.json())); err != nil {
+					b.Fatal(err)
+				}
+				ts = ts.Add(1500 * time.Millisecond)
+			}
+		}
+		p.Flush()
+		if n, err := p.Evict(ts.UnixNano()); err != nil || n != agents {
+			b.Fatalf("evicted %d of %d: %v", n, agents, err)
+		}
+		p.spillBuf = nil
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/agents, "bytes/agent")
+		runtime.KeepAlive(p)
+		sp.Close()
+	}
+}

@@ -28,7 +28,10 @@ type Stats struct {
 	ColdWindows int64                     // closed but not scored (cold start)
 	Alerts      map[Severity]int64        // alerts emitted, by severity
 	Early       int64                     // alerts emitted before their window closed
-	Agents      int                       // agents known
+	Agents      int                       // agents known (in memory and evicted)
+	Evicted     int                       // agents evicted from memory (see Evict)
+	Reloads     int64                     // evicted agents reloaded by their next event
+	ReloadErrs  int64                     // evicted agents that could not be reloaded (they start cold)
 	Classes     int                       // peer groups known
 	FirstTS     int64                     // earliest event time seen
 	MaxTS       int64                     // newest event time seen
@@ -109,6 +112,9 @@ type Pipeline struct {
 	changed        bool
 	changedAgents  []*agent
 	changedClasses []*class
+	// Eviction (SetStore): snapshots of idle agents live in store.
+	store    AgentStore
+	spillBuf []byte
 }
 
 // NewPipeline returns a pipeline that calls onAlert for every alert, in the
@@ -157,7 +163,10 @@ func (p *Pipeline) Stats() Stats {
 	for k, v := range p.stats.Alerts {
 		s.Alerts[k] = v
 	}
-	s.Agents, s.Classes = len(p.agents), len(p.classes)
+	s.Agents, s.Classes = p.NumAgents(), len(p.classes)
+	if p.store != nil {
+		s.Evicted = p.store.Len()
+	}
 	return s
 }
 
@@ -228,6 +237,11 @@ func (p *Pipeline) agent(e *features.Event) *agent {
 	if a, ok := p.agents[string(e.AgentID)]; ok {
 		return a
 	}
+	if p.store != nil && p.store.Len() > 0 {
+		if a := p.reload(string(e.AgentID)); a != nil {
+			return a
+		}
+	}
 	name := e.AgentClass
 	if len(name) == 0 {
 		p.classBuf = features.DeriveClass(p.classBuf[:0], e.AgentID)
@@ -241,6 +255,66 @@ func (p *Pipeline) agent(e *features.Event) *agent {
 	a := &agent{id: string(e.AgentID), class: c, seen: features.NewSeenSet(p.cfg.AgentSeenSlots), lastIdx: -1 << 62}
 	p.agents[a.id] = a
 	return a
+}
+
+// SetStore enables eviction (see Evict) with s holding the evicted agents.
+// Call before the first Process.
+func (p *Pipeline) SetStore(s AgentStore) { p.store = s }
+
+// Evict moves the agents whose last window ended before event time before
+// (Unix ns), and that have no open window and no change since the last
+// TakeChanges (their state is checkpointed), from memory to the store, and
+// returns how many it moved. An evicted agent is reloaded, exactly as it
+// was, when its next event arrives; full checkpoints read it from the
+// store. On a store error the agent stays in memory.
+func (p *Pipeline) Evict(before int64) (int, error) {
+	if p.store == nil {
+		return 0, nil
+	}
+	n := 0
+	for id, a := range p.agents {
+		if a.win != nil || a.changed || (a.lastIdx+1)*p.size > before {
+			continue
+		}
+		p.spillBuf, _ = p.AppendAgentState(p.spillBuf[:0], id)
+		if err := p.store.Put(id, p.spillBuf); err != nil {
+			return n, err
+		}
+		delete(p.agents, id)
+		n++
+	}
+	return n, nil
+}
+
+// reload brings agent id back from the store, or returns nil if the store
+// does not hold it (or cannot give it back: it then starts cold).
+func (p *Pipeline) reload(id string) *agent {
+	buf, ok, err := p.store.Append(p.spillBuf[:0], id)
+	p.spillBuf = buf
+	if !ok {
+		if err != nil {
+			p.store.Delete(id)
+			p.stats.ReloadErrs++
+		}
+		return nil
+	}
+	p.store.Delete(id)
+	if err := p.RestoreAgent(buf); err != nil {
+		p.stats.ReloadErrs++
+		delete(p.agents, id)
+		return nil
+	}
+	p.stats.Reloads++
+	return p.agents[id]
+}
+
+// NumAgents is the number of agents known: in memory and evicted.
+func (p *Pipeline) NumAgents() int {
+	n := len(p.agents)
+	if p.store != nil {
+		n += p.store.Len()
+	}
+	return n
 }
 
 // touch records that a and its peer group change (see TrackChanges).

@@ -315,6 +315,9 @@ type runtimeMetrics struct {
 	committed        *prometheus.GaugeVec
 	lag              *prometheus.GaugeVec
 	agents           *prometheus.GaugeVec
+	evicted          *prometheus.GaugeVec
+	evictions        prometheus.Counter
+	reloads          prometheus.Counter
 	assigned         prometheus.Gauge
 	generations      prometheus.Counter
 
@@ -351,6 +354,15 @@ func newRuntimeMetrics(reg prometheus.Registerer) *runtimeMetrics {
 		agents: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "vigil_detector_agents", Help: "Agents held in memory, by partition.",
 		}, []string{"partition"}),
+		evicted: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vigil_detector_agents_evicted", Help: "Idle agents moved out of memory to the partition's spill file, by partition.",
+		}, []string{"partition"}),
+		evictions: f.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_detector_agent_evictions_total", Help: "Idle agents moved out of memory.",
+		}),
+		reloads: f.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_detector_agent_reloads_total", Help: "Evicted agents brought back into memory by their next event.",
+		}),
 		windows: f.NewCounter(prometheus.CounterOpts{
 			Name: "vigil_detector_windows_closed_total", Help: "Agent windows closed and scored.",
 		}),

@@ -108,7 +108,7 @@ func (s *ktDeadSink) Write(ctx context.Context, b Batch) error {
 func ktStartRT(t *testing.T, name string, cfg RuntimeConfig, sink Sink, adjust func(*Runtime)) *ktRunning {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	rt, err := NewRuntime(cfg, DefaultConfig(), sink, reg, ktLog(t, name))
+	rt, err := NewRuntime(cfg, ktDetConfig(), sink, reg, ktLog(t, name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +209,7 @@ func TestRuntimeCrashedMemberLosesNothing(t *testing.T) {
 	// checkpoint it; then it dies.
 	ktWrite(t, addr, nil, events[first:second])
 	ktWait(t, 30*time.Second, "the second part read", func() bool { return ktMessages(t, members...) == float64(second) })
-	ktWait(t, 10*time.Second, "x's output written", func() bool { return x.metric(t, "vigil_sink_write_failures_total") == 0 })
+	ktWait(t, 10*time.Second, "x's output written", func() bool { return x.metric(t, "vigil_output_write_failures_total") == 0 })
 	committedAtCrash := ktCommitted(t, addr, cfg.Group, 6)
 	xsink.dead.Store(true)
 	cutter.cutAll()
@@ -244,6 +244,17 @@ func TestRuntimeCrashedMemberLosesNothing(t *testing.T) {
 		t.Errorf("%v messages read for %v: the dead member's unsaved work was not reprocessed, so the test proved nothing", read, total)
 	}
 	restores := a.histCount(t, "vigil_state_restore_duration_seconds") + b.histCount(t, "vigil_state_restore_duration_seconds")
+	// Idle agents were evicted and reloaded along the way (default
+	// evict_after), and checkpoints and restores carried them.
+	var evictions, reloads float64
+	for _, m := range members {
+		evictions += m.metric(t, "vigil_detector_agent_evictions_total")
+		reloads += m.metric(t, "vigil_detector_agent_reloads_total")
+	}
+	if evictions == 0 || reloads == 0 {
+		t.Errorf("%v evictions and %v reloads: the scenario must exercise eviction", evictions, reloads)
+	}
+	t.Logf("%v idle agents evicted, %v reloaded", evictions, reloads)
 	t.Logf("%d alerts, %d dead letters; %v messages read for %v (x's unsaved work reprocessed); x held %v; a and b restored %d partitions",
 		len(wantIDs), len(wantDead), read, total, xParts, restores)
 	a.stop(t)

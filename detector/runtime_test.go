@@ -346,7 +346,7 @@ type ktRunning struct {
 func ktStart(t *testing.T, name string, cfg RuntimeConfig, sink Sink, skew *atomic.Int64) *ktRunning {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	rt, err := NewRuntime(cfg, DefaultConfig(), sink, reg, ktLog(t, name))
+	rt, err := NewRuntime(cfg, ktDetConfig(), sink, reg, ktLog(t, name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -813,4 +813,14 @@ func TestRuntimeConfigValidate(t *testing.T) {
 	if _, err := c.Dialer(); err == nil || !strings.Contains(err.Error(), "kafka.sasl.password_file") {
 		t.Errorf("Dialer with a missing password file: %v", err)
 	}
+}
+
+// ktDetConfig is the detector configuration of the runtime tests: the
+// defaults, with agents evicted after 15 minutes idle so that the short
+// simulated fleets exercise eviction; the references they are compared
+// with keep every agent in memory.
+func ktDetConfig() Config {
+	c := DefaultConfig()
+	c.EvictAfter = 15 * time.Minute
+	return c
 }

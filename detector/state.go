@@ -32,6 +32,12 @@ const (
 func (p *Pipeline) AppendAgentState(dst []byte, id string) ([]byte, bool) {
 	a, ok := p.agents[id]
 	if !ok {
+		if p.store != nil {
+			// An evicted agent: its snapshot is as it was written.
+			if out, ok, err := p.store.Append(dst, id); err == nil && ok {
+				return out, true
+			}
+		}
 		return dst, false
 	}
 	dst = append(dst, agentMagic, agentVersion)
@@ -180,10 +186,14 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 	return nil
 }
 
-// AgentIDs appends the ids of the agents the pipeline holds.
+// AgentIDs appends the ids of the agents the pipeline holds, evicted ones
+// included.
 func (p *Pipeline) AgentIDs(dst []string) []string {
 	for id := range p.agents {
 		dst = append(dst, id)
+	}
+	if p.store != nil {
+		dst = p.store.IDs(dst)
 	}
 	return dst
 }
