@@ -111,7 +111,7 @@ const (
 	envelopeVersion = 1
 	dedupMagic      = 'D'
 	markerMagic     = 'M'
-	markerVersion   = 1
+	markerVersion   = 2 // 2 adds the revocation policy's state
 	// dedupPiece bounds the ids in one piece of the duplicate filter
 	// (512 KiB, far below Kafka's default 1 MiB message limit).
 	dedupPiece = 64 << 10
@@ -168,6 +168,9 @@ type checkpointMarker struct {
 	Agents, Classes     int
 	DedupGen            uint64
 	DedupCur, DedupPrev int
+	// Policy is the revocation policy's state (Revoker.AppendBinary);
+	// version 2 on.
+	Policy []byte
 }
 
 func (m *checkpointMarker) appendPayload(dst []byte) []byte {
@@ -181,7 +184,8 @@ func (m *checkpointMarker) appendPayload(dst []byte) []byte {
 	for _, v := range [...]int{m.Agents, m.Classes, m.DedupCur, m.DedupPrev} {
 		dst = binary.AppendUvarint(dst, uint64(v))
 	}
-	return dst
+	dst = binary.AppendUvarint(dst, uint64(len(m.Policy)))
+	return append(dst, m.Policy...)
 }
 
 func parseMarker(term, seq uint64, p []byte) (checkpointMarker, error) {
@@ -226,6 +230,13 @@ func parseMarker(term, seq uint64, p []byte) (checkpointMarker, error) {
 			return m, bad
 		}
 		*f = int(v)
+	}
+	if p[1] >= 2 {
+		l, ok := uv()
+		if !ok || l > uint64(len(p)-off) {
+			return m, bad
+		}
+		m.Policy = p[off : off+int(l)]
 	}
 	return m, nil
 }
@@ -779,6 +790,7 @@ func (r *Runtime) checkpoint(ctx context.Context, ps *partState) error {
 	m := checkpointMarker{
 		Term: ck.term, Seq: seq, Topic: r.cfg.Topic, Partition: ps.id, Offset: ps.next,
 		State:  ps.p.AppendPartitionState(nil),
+		Policy: ps.rv.AppendBinary(nil),
 		Agents: ps.p.NumAgents(), Classes: len(ps.p.classes),
 		DedupGen: gen, DedupCur: pieces[gen],
 	}
@@ -840,6 +852,12 @@ func (r *Runtime) restore(ctx context.Context, ps *partState, committed int64, l
 			"offset", m.Offset, "found", strings.Join(rs.problems, ", "))
 	}
 	p := ps.p
+	if err := ps.rv.DecodeFrom(m.Policy); err != nil {
+		// Not worth stopping for: the policy forgets recent alerts and
+		// spent budget, as it did before version 2.
+		r.m.restoreIncomplete.Inc()
+		log.Error("state topic: revocation policy state not restored: recent alerts and spent budget are forgotten", "err", err)
+	}
 	if err := p.RestorePartitionState(m.State); err != nil {
 		return 0, fmt.Errorf("state topic %s: partition %d: %w (restore the configuration the state was built with, or start from an empty state topic: every agent then starts cold): %w",
 			r.cfg.StateTopic, ps.id, err, errStatePermanent)

@@ -411,8 +411,16 @@ func TestResumeAt(t *testing.T) {
 func TestMarkerRoundTripAndGarbage(t *testing.T) {
 	p, _ := NewPipeline(DefaultConfig(), nil)
 	m := checkpointMarker{Term: 1 << 60, Seq: 300, Topic: "agent-events", Partition: 5, Offset: 1 << 40,
-		State: p.AppendPartitionState(nil), Agents: 10000, Classes: 12, DedupGen: 1 << 40, DedupCur: 3, DedupPrev: 70}
+		State: p.AppendPartitionState(nil), Agents: 10000, Classes: 12, DedupGen: 1 << 40, DedupCur: 3, DedupPrev: 70,
+		Policy: (&Revoker{recent: map[string][]int64{"a": {5}}}).AppendBinary(nil)}
 	v := m.appendPayload(appendEnvelope(nil, m.Term, m.Seq))
+	// A version 1 marker (before the policy's state was kept) still reads.
+	_, _, p2, _ := parseEnvelope(v)
+	old := append([]byte(nil), p2[:len(p2)-len(m.Policy)-1]...)
+	old[1] = 1
+	if got, err := parseMarker(1, 1, old); err != nil || got.Policy != nil || got.Agents != m.Agents {
+		t.Errorf("version 1 marker: %+v, %v", got, err)
+	}
 	term, seq, payload, err := parseEnvelope(v)
 	if err != nil {
 		t.Fatal(err)

@@ -27,6 +27,7 @@ type partState struct {
 	// windowsSince is when the oldest unwritten window record was made.
 	windowsSince time.Time
 	spill        *SpillFile // evicted agents; nil: eviction off
+	rv           *Revoker   // the revocation policy's state for this partition
 	reloads      int64      // reloads already counted in metrics
 	gen          int32      // the generation whose worker last ran it
 	ck           ckState
@@ -100,6 +101,7 @@ func (r *Runtime) newPartState(id int) (*partState, error) {
 	if err != nil {
 		return nil, err
 	}
+	ps.rv = rv
 	p, err := NewPipeline(r.det, func(a *Alert) {
 		ps.pending.Alerts = append(ps.pending.Alerts, a)
 		r.m.alerts.WithLabelValues(a.Severity.String(), a.Kind).Inc()

@@ -5,13 +5,16 @@ import (
 	"crypto/ed25519"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path"
+	"slices"
 	"time"
 
 	"github.com/vigil-sec/vigil/features"
@@ -260,6 +263,121 @@ func (r *Revoker) prune(now int64) {
 			delete(r.done, agent)
 		}
 	}
+}
+
+// AppendBinary appends the policy's state (recent critical alerts per agent,
+// spent budget, the last window requested per agent) to dst, so that a
+// partition's next owner neither re-spends the budget nor forgets an
+// agent's earlier alerts. Version byte 1, then uvarint counts and values.
+func (r *Revoker) AppendBinary(dst []byte) []byte {
+	if r == nil {
+		return dst
+	}
+	dst = append(dst, 1)
+	dst = binary.AppendUvarint(dst, uint64(len(r.recent)))
+	for _, id := range slices.Sorted(maps.Keys(r.recent)) {
+		ts := r.recent[id]
+		dst = appendString(dst, id)
+		dst = binary.AppendUvarint(dst, uint64(len(ts)))
+		for _, t := range ts {
+			dst = binary.AppendVarint(dst, t)
+		}
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(r.spent)))
+	for _, s := range r.spent {
+		dst = binary.AppendVarint(dst, s.at)
+		dst = appendString(dst, s.class)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(r.done)))
+	for _, id := range slices.Sorted(maps.Keys(r.done)) {
+		dst = appendString(dst, id)
+		dst = binary.AppendVarint(dst, r.done[id])
+	}
+	return dst
+}
+
+// DecodeFrom replaces the policy's state with one AppendBinary wrote. Empty
+// data (a checkpoint from before the state was kept) leaves it empty.
+func (r *Revoker) DecodeFrom(data []byte) error {
+	r.recent, r.done, r.spent = make(map[string][]int64), make(map[string]int64), nil
+	if len(data) == 0 {
+		return nil
+	}
+	if data[0] != 1 {
+		return fmt.Errorf("%w: revocation policy state version %d", ErrState, data[0])
+	}
+	off := 1
+	bad := fmt.Errorf("%w: revocation policy state truncated", ErrState)
+	uv := func() (uint64, bool) {
+		v, n := binary.Uvarint(data[off:])
+		if n <= 0 || v > 1<<24 {
+			return 0, false
+		}
+		off += n
+		return v, true
+	}
+	iv := func() (int64, bool) {
+		v, n := binary.Varint(data[off:])
+		if n <= 0 {
+			return 0, false
+		}
+		off += n
+		return v, true
+	}
+	str := func() (string, bool) {
+		s, n, err := readString(data[off:])
+		if err != nil {
+			return "", false
+		}
+		off += n
+		return s, true
+	}
+	n, ok := uv()
+	if !ok {
+		return bad
+	}
+	for range n {
+		id, ok := str()
+		k, ok2 := uv()
+		if !ok || !ok2 {
+			return bad
+		}
+		ts := make([]int64, 0, k)
+		for range k {
+			t, ok := iv()
+			if !ok {
+				return bad
+			}
+			ts = append(ts, t)
+		}
+		r.recent[id] = ts
+	}
+	if n, ok = uv(); !ok {
+		return bad
+	}
+	for range n {
+		at, ok := iv()
+		class, ok2 := str()
+		if !ok || !ok2 {
+			return bad
+		}
+		r.spent = append(r.spent, spent{at: at, class: class})
+	}
+	if n, ok = uv(); !ok {
+		return bad
+	}
+	for range n {
+		id, ok := str()
+		ws, ok2 := iv()
+		if !ok || !ok2 {
+			return bad
+		}
+		r.done[id] = ws
+	}
+	if off != len(data) {
+		return fmt.Errorf("%w: revocation policy state: %d bytes left over", ErrState, len(data)-off)
+	}
+	return nil
 }
 
 // Signer signs revocation requests with an Ed25519 key.

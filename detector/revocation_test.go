@@ -9,6 +9,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -241,5 +242,63 @@ func TestLoadSignerAndPublicKey(t *testing.T) {
 	}
 	if _, err := LoadSigner("", kf); err == nil {
 		t.Error("signer without a key id")
+	}
+}
+
+// The policy's state survives a checkpoint: a Revoker restored mid-stream
+// decides exactly as the uninterrupted one (budget, persistence, one
+// request per window).
+func TestRevokerStateRoundTrip(t *testing.T) {
+	s := testSigner(t)
+	p := enabledPolicy()
+	p.Budget, p.BudgetPerClass, p.MinScore = 2, 2, 95
+	t0 := time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)
+	var alerts []*Alert
+	for i := range 12 {
+		a := testAlert(string(rune('a'+i%4)), t0.Add(time.Duration(i)*4*time.Minute), float64(85+i%3*6), SeverityCritical)
+		if i%5 == 4 {
+			a.AgentClass = "kyc"
+		}
+		alerts = append(alerts, a)
+	}
+	decide := func(r *Revoker, as []*Alert) (out []string) {
+		for _, a := range as {
+			rv, err := r.Decide(a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rv == nil {
+				out = append(out, "-")
+			} else {
+				out = append(out, rv.RequestID[:6]+"/"+rv.Mode+"/"+rv.Why)
+			}
+		}
+		return out
+	}
+	want := decide(mustRevoker(t, p, s), alerts)
+	for cut := range len(alerts) {
+		r := mustRevoker(t, p, s)
+		got := decide(r, alerts[:cut])
+		state := r.AppendBinary(nil)
+		r2 := mustRevoker(t, p, s)
+		if err := r2.DecodeFrom(state); err != nil {
+			t.Fatalf("cut %d: %v", cut, err)
+		}
+		if again := r2.AppendBinary(nil); !bytes.Equal(again, state) {
+			t.Fatalf("cut %d: state does not round-trip", cut)
+		}
+		got = append(got, decide(r2, alerts[cut:])...)
+		if !slices.Equal(got, want) {
+			t.Errorf("cut %d:\n got %v\nwant %v", cut, got, want)
+		}
+	}
+	if !slices.Contains(want, "-") || !slices.ContainsFunc(want, func(s string) bool { return strings.HasSuffix(s, "budget") }) {
+		t.Errorf("the scenario must skip some alerts and spend the budget: %v", want)
+	}
+	if err := mustRevoker(t, p, s).DecodeFrom([]byte{1, 5}); err == nil {
+		t.Error("truncated state accepted")
+	}
+	if err := mustRevoker(t, p, s).DecodeFrom(nil); err != nil {
+		t.Errorf("empty state (old checkpoint): %v", err)
 	}
 }

@@ -349,16 +349,12 @@ func gkEvents(t *testing.T) []kafka.Message {
 // request for every critical alert (enforced, or dry run when the agent's
 // baseline is cold), outputs to topics named after the group.
 //
-// The budget is out of reach, and min_alerts is 1: a partition's
-// revocation policy state — enforced requests within budget_window, recent
-// critical alerts, the last window requested per agent — is not part of its
-// checkpoint, so a partition that changes owner starts that afresh. With a
-// budget in reach, a request the uninterrupted run sends in dry run
-// ("budget") can be enforced after a takeover; with min_alerts above 1, a
-// request can be lost. What remains: a takeover between two critical
-// alerts of one agent and window (an early decision, then another kind)
-// would send a second request for that window; in this fleet no takeover
-// point is near one.
+// The budget is small and spans the whole fleet's run, and an agent needs
+// two critical alerts below min_score: a partition's revocation policy
+// state (enforced requests within budget_window, recent critical alerts,
+// the last window requested per agent) is part of its checkpoint, so after
+// a takeover the survivors neither re-spend the budget nor forget an
+// agent's earlier alerts, and the requests equal the uninterrupted run's.
 func gkConfig(t *testing.T, dir, addr, group, key string) string {
 	t.Helper()
 	cfg := fmt.Sprintf(`detector:
@@ -366,9 +362,10 @@ func gkConfig(t *testing.T, dir, addr, group, key string) string {
     enabled: true
     mode: enforce
     min_score: 80
-    min_alerts: 1
-    budget: 1000
-    budget_per_class: 1000
+    min_alerts: 2
+    budget: 3
+    budget_per_class: 2
+    budget_window: 96h
 kafka:
   brokers: [%q]
   topic: %s
