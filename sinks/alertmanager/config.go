@@ -1,19 +1,16 @@
 package alertmanager
 
 import (
-	"bytes"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/vigil-sec/vigil/detector"
+	"github.com/vigil-sec/vigil/sinks/httpauth"
 )
 
 // Config configures the Alertmanager sink. Start from DefaultConfig; New
@@ -54,27 +51,11 @@ type Config struct {
 	MaxActive int `yaml:"max_active"`
 }
 
-// BasicAuth is HTTP basic authentication; the password comes from a file
-// (its trailing newline ignored), never from the config itself.
-type BasicAuth struct {
-	Username     string `yaml:"username"`
-	PasswordFile string `yaml:"password_file"`
-}
-
-// TLSConfig configures the client side of TLS.
-type TLSConfig struct {
-	// CAFile is a PEM bundle of the CAs that sign the Alertmanagers'
-	// certificates (default: the system's).
-	CAFile string `yaml:"ca_file"`
-	// CertFile and KeyFile are a PEM client certificate and key (mTLS).
-	CertFile string `yaml:"cert_file"`
-	KeyFile  string `yaml:"key_file"`
-	// ServerName overrides the name verified in the server certificate.
-	ServerName string `yaml:"server_name"`
-	// InsecureSkipVerify disables server certificate verification (tests
-	// only).
-	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
-}
+// BasicAuth and TLSConfig are shared with the other HTTP sinks.
+type (
+	BasicAuth = httpauth.BasicAuth
+	TLSConfig = httpauth.TLSConfig
+)
 
 // Defaults.
 const (
@@ -190,25 +171,9 @@ func escape(s string) string { return strings.ReplaceAll(url.QueryEscape(s), "+"
 
 // newTransport builds the HTTP transport: timeouts and TLS from files.
 func newTransport(c Config) (*http.Transport, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.TLS.ServerName, InsecureSkipVerify: c.TLS.InsecureSkipVerify}
-	if c.TLS.CAFile != "" {
-		pem, err := os.ReadFile(c.TLS.CAFile)
-		if err != nil {
-			return nil, cfgErr("tls.ca_file", "%v", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, cfgErr("tls.ca_file", "%s: no PEM certificate in it", c.TLS.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if c.TLS.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.TLS.CertFile, c.TLS.KeyFile)
-		if err != nil {
-			// The error names the files, never their content.
-			return nil, cfgErr("tls.cert_file", "%s, %s: not a matching PEM certificate and key", c.TLS.CertFile, c.TLS.KeyFile)
-		}
-		tc.Certificates = []tls.Certificate{cert}
+	tc, err := c.TLS.Config()
+	if err != nil {
+		return nil, fmt.Errorf("alertmanager: %w", err)
 	}
 	d := &net.Dialer{Timeout: min(c.Timeout, 5*time.Second), KeepAlive: 30 * time.Second}
 	return &http.Transport{
@@ -223,16 +188,11 @@ func newTransport(c Config) (*http.Transport, error) {
 	}, nil
 }
 
-// readSecret reads a secret file, without its surrounding whitespace. Its
-// errors name the file, never the content.
+// readSecret reads a secret file (see httpauth.ReadSecret).
 func readSecret(field, file string) (string, error) {
-	b, err := os.ReadFile(file)
+	v, err := httpauth.ReadSecret(field, file)
 	if err != nil {
-		return "", fmt.Errorf("alertmanager: %s: %w", field, err)
+		return "", fmt.Errorf("alertmanager: %w", err)
 	}
-	b = bytes.TrimSpace(b)
-	if len(b) == 0 {
-		return "", fmt.Errorf("alertmanager: %s %s is empty", field, file)
-	}
-	return string(b), nil
+	return v, nil
 }

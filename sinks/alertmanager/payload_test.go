@@ -119,7 +119,7 @@ func TestConfigValidate(t *testing.T) {
 		{"resolve before resend", "alertmanager.resolve_after", func(c *Config) { c.ResolveAfter, c.ResendInterval = time.Second, time.Minute }},
 		{"half basic auth", "alertmanager.basic_auth", func(c *Config) { c.BasicAuth.Username = "vigil" }},
 		{"basic and bearer", "alertmanager.bearer_token_file", func(c *Config) {
-			c.BasicAuth = BasicAuth{"vigil", secret}
+			c.BasicAuth = BasicAuth{Username: "vigil", PasswordFile: secret}
 			c.BearerTokenFile = secret
 		}},
 		{"cert without key", "alertmanager.tls", func(c *Config) { c.TLS.CertFile = secret }},
@@ -165,7 +165,7 @@ func TestNewSecretFiles(t *testing.T) {
 	for _, c := range []Config{
 		{URLs: []string{"http://am:9093"}, BearerTokenFile: missing},
 		{URLs: []string{"http://am:9093"}, BearerTokenFile: empty},
-		{URLs: []string{"http://am:9093"}, BasicAuth: BasicAuth{"u", missing}},
+		{URLs: []string{"http://am:9093"}, BasicAuth: BasicAuth{Username: "u", PasswordFile: missing}},
 		{URLs: []string{"http://am:9093"}, TLS: TLSConfig{CAFile: empty}},
 	} {
 		if _, err := New(c, nil); err == nil {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -22,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/vigil-sec/vigil/detector"
+	"github.com/vigil-sec/vigil/sinks/httpauth"
 )
 
 // Name is the sink's name (detector.Sink.Name).
@@ -56,27 +56,12 @@ type Config struct {
 	Headers map[string]string `yaml:"headers"`
 }
 
-// BasicAuth is HTTP basic authentication; the password comes from a file.
-type BasicAuth struct {
-	Username string `yaml:"username"`
-	// PasswordFile holds the password (trailing newline ignored; re-read
-	// for every request).
-	PasswordFile string `yaml:"password_file"`
-}
-
-// TLSConfig configures TLS to the receiver.
-type TLSConfig struct {
-	// CAFile is a PEM bundle of the CAs that sign the receiver's
-	// certificate (default: the system roots).
-	CAFile string `yaml:"ca_file"`
-	// CertFile and KeyFile are a PEM client certificate and key (mTLS).
-	CertFile string `yaml:"cert_file"`
-	KeyFile  string `yaml:"key_file"`
-	// ServerName overrides the name checked in the receiver's certificate.
-	ServerName string `yaml:"server_name"`
-	// InsecureSkipVerify disables certificate verification (tests only).
-	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
-}
+// BasicAuth and TLSConfig are shared with the other HTTP sinks. The
+// password file is read again for every request.
+type (
+	BasicAuth = httpauth.BasicAuth
+	TLSConfig = httpauth.TLSConfig
+)
 
 // DefaultConfig returns the defaults (URL must still be set).
 func DefaultConfig() Config { return Config{Timeout: 10 * time.Second} }
@@ -166,8 +151,8 @@ func New(cfg Config, reg prometheus.Registerer) (*Sink, error) {
 	var tc *tls.Config
 	if u.Scheme == "https" {
 		var err error
-		if tc, err = cfg.TLS.config(); err != nil {
-			return nil, err
+		if tc, err = cfg.TLS.Config(); err != nil {
+			return nil, fmt.Errorf("webhook: %w", err)
 		}
 	}
 	s.tr = &http.Transport{
@@ -191,29 +176,6 @@ func New(cfg Config, reg prometheus.Registerer) (*Sink, error) {
 	return s, nil
 }
 
-func (t TLSConfig) config() (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify} //nolint:gosec // opt-in, documented as tests only
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("webhook: tls.ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("webhook: tls.ca_file: %s holds no PEM certificate", t.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			// LoadX509KeyPair's errors describe the PEM blocks, never the key.
-			return nil, fmt.Errorf("webhook: tls.cert_file/key_file: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
-}
 
 // Name returns "webhook".
 func (s *Sink) Name() string { return Name }
