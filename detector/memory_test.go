@@ -21,18 +21,7 @@ func BenchmarkIdleAgentMemory(b *testing.B) {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		ts := t0
-		for i := range agents {
-			for j := range 3 {
-				e := ev{id: fmt.Sprintf("%d-%d", i, j), agent: fmt.Sprintf("spiffe://bank.example/agent/a-%06d", i),
-					class: fmt.Sprintf("class-%d", i%20), target: fmt.Sprintf("t%d", j), action: "op", ts: ts, bytesOut: 100}
-				if err := p.Process([]byte(e.json())); err != nil {
-					b.Fatal(err)
-				}
-				ts = ts.Add(1500 * time.Millisecond)
-			}
-		}
-		p.Flush()
+		idleFleet(b, p, agents)
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/agents, "bytes/agent")
@@ -57,18 +46,7 @@ func BenchmarkEvictedAgentMemory(b *testing.B) {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		ts := t0
-		for i := range agents {
-			for j := range 3 {
-				e := ev{id: fmt.Sprintf("%d-%d", i, j), agent: fmt.Sprintf("spiffe://bank.example/agent/a-%06d", i),
-					class: fmt.Sprintf("class-%d", i%20), target: fmt.Sprintf("t%d", j), action: "op", ts: ts, bytesOut: 100}
-				if err := p.Process([]byte(e.json())); err != nil {
-					b.Fatal(err)
-				}
-				ts = ts.Add(1500 * time.Millisecond)
-			}
-		}
-		p.Flush()
+		ts := idleFleet(b, p, agents)
 		if n, err := p.Evict(ts.UnixNano()); err != nil || n != agents {
 			b.Fatalf("evicted %d of %d: %v", n, agents, err)
 		}
@@ -79,4 +57,22 @@ func BenchmarkEvictedAgentMemory(b *testing.B) {
 		runtime.KeepAlive(p)
 		sp.Close()
 	}
+}
+
+// idleFleet sends agents three events each, spread as a fleet's arrive, and
+// flushes p so every window is closed; it returns the time after the last.
+func idleFleet(b *testing.B, p *Pipeline, agents int) time.Time {
+	ts := t0
+	for i := range agents {
+		for j := range 3 {
+			e := ev{id: fmt.Sprintf("%d-%d", i, j), agent: fmt.Sprintf("spiffe://bank.example/agent/a-%06d", i),
+				class: fmt.Sprintf("class-%d", i%20), target: fmt.Sprintf("t%d", j), action: "op", ts: ts, bytesOut: 100}
+			if err := p.Process([]byte(e.json())); err != nil {
+				b.Fatal(err)
+			}
+			ts = ts.Add(1500 * time.Millisecond)
+		}
+	}
+	p.Flush()
+	return ts
 }
