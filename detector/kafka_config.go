@@ -34,6 +34,25 @@ type RuntimeConfig struct {
 	// creates it (cleanup.policy=compact, the broker's default replication)
 	// if it does not exist.
 	StateTopic string `yaml:"state_topic"`
+	// Repartition is for producers that do not key the events by agent_id:
+	// a Repartitioner (consumer group Group + "-repartition") copies Topic
+	// into RepartitionTopic keyed by agent_id, and the detector consumes
+	// RepartitionTopic instead, so each agent's events meet in one worker.
+	// StateTopic then pairs with RepartitionTopic (as many partitions).
+	// Checkpoints name the topic they were taken on, so switching
+	// Repartition on or off needs a new StateTopic. Events of one agent
+	// that come from several partitions of Topic interleave in
+	// RepartitionTopic: see Repartitioner for how they are merged by event
+	// time and when some can still arrive late.
+	Repartition bool `yaml:"repartition"`
+	// RepartitionTopic is the internal topic of Repartition. Run creates it
+	// if it does not exist, with RepartitionPartitions partitions (0: as
+	// many as Topic) and RepartitionReplicationFactor replicas (0: the
+	// broker's default). Never add partitions to it while it holds
+	// events: agents would move to other partitions.
+	RepartitionTopic             string `yaml:"repartition_topic"`
+	RepartitionPartitions        int    `yaml:"repartition_partitions"`
+	RepartitionReplicationFactor int    `yaml:"repartition_replication_factor"`
 	// ClientID identifies vigil to the brokers (logs, quotas).
 	ClientID string `yaml:"client_id"`
 	// StartOffset is where a partition without a committed offset starts:
@@ -132,6 +151,7 @@ func DefaultRuntimeConfig() RuntimeConfig {
 		Topic:              "agent-events",
 		Group:              "vigil",
 		StateTopic:         "vigil-state",
+		RepartitionTopic:   "vigil-repartition",
 		ClientID:           "vigil",
 		StartOffset:        "earliest",
 		IdleTimeout:        30 * time.Second,
@@ -178,6 +198,9 @@ func (c RuntimeConfig) Validate() error {
 	}
 	if c.StateTopic == c.Topic {
 		return bad("state_topic", fmt.Sprintf("%q is the events topic: the state needs a topic of its own", c.StateTopic))
+	}
+	if err := c.validateRepartition(c.Repartition); err != nil {
+		return err
 	}
 	if c.StartOffset != "earliest" && c.StartOffset != "latest" {
 		return bad("start_offset", fmt.Sprintf("%q: want earliest or latest", c.StartOffset))
@@ -231,6 +254,27 @@ func (c RuntimeConfig) Validate() error {
 		return bad("sasl.username", "required with a SASL mechanism")
 	case (s.PasswordFile == "") == (s.PasswordEnv == ""):
 		return bad("sasl.password_file", "set exactly one of sasl.password_file and sasl.password_env (passwords are never taken from the command line or this file)")
+	}
+	return nil
+}
+
+// validateRepartition checks the repartition_* fields; with active (the
+// Repartitioner runs) also that the internal topic is none of the others.
+func (c RuntimeConfig) validateRepartition(active bool) error {
+	bad := func(field, msg string) error { return &ConfigError{Field: "kafka." + field, Msg: msg} }
+	if err := validTopic(c.RepartitionTopic); err != "" {
+		return bad("repartition_topic", err)
+	}
+	switch {
+	case c.RepartitionPartitions < 0:
+		return bad("repartition_partitions", "want ≥ 0 (0: as many as kafka.topic)")
+	case c.RepartitionReplicationFactor < 0 || c.RepartitionReplicationFactor > 32767:
+		return bad("repartition_replication_factor", "want 0 (the broker's default) to 32767")
+	case !active:
+	case c.RepartitionTopic == c.Topic:
+		return bad("repartition_topic", fmt.Sprintf("%q is the events topic: repartitioning needs a topic of its own", c.RepartitionTopic))
+	case c.RepartitionTopic == c.StateTopic:
+		return bad("repartition_topic", fmt.Sprintf("%q is the state topic: repartitioning needs a topic of its own", c.RepartitionTopic))
 	}
 	return nil
 }

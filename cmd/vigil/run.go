@@ -29,6 +29,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	brokers := fs.String("kafka.brokers", "", "comma-separated bootstrap brokers host:port (overrides kafka.brokers; default 127.0.0.1:9092)")
 	topic := fs.String("kafka.topic", "", "events topic (overrides kafka.topic; default agent-events)")
 	group := fs.String("kafka.group", "", "consumer group (overrides kafka.group; default vigil)")
+	repartition := fs.Bool("kafka.repartition", false, "re-key the events by agent_id through kafka.repartition_topic before scoring, for producers that do not key by agent_id (sets kafka.repartition)")
 	listen := fs.String("web.listen-address", "127.0.0.1:9464", "address for /-/healthy, /-/ready and /metrics")
 	logLevel := fs.String("log.level", "info", "log level: debug, info, warn or error")
 	var amURLs []string
@@ -63,6 +64,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *group != "" {
 		kc.Group = *group
 	}
+	kc.Repartition = kc.Repartition || *repartition
 	if err := kc.Validate(); err != nil {
 		return err
 	}
@@ -103,7 +105,15 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	rt, err := detector.NewRuntime(kc, cfg.Detector, sink, reg, log)
+	// With repartitioning, the detector consumes the internal topic.
+	dkc, rp := kc, (*detector.Repartitioner)(nil)
+	if kc.Repartition {
+		if rp, err = detector.NewRepartitioner(kc, reg, log); err != nil {
+			return err
+		}
+		dkc = kc.RepartitionedConfig()
+	}
+	rt, err := detector.NewRuntime(dkc, cfg.Detector, sink, reg, log)
 	if err != nil {
 		return err
 	}
@@ -114,7 +124,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprintln(w, "vigil is healthy.")
 	})
 	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) {
-		if !rt.Ready() {
+		if !rt.Ready() || rp != nil && !rp.Ready() {
 			http.Error(w, "vigil has not joined its consumer group yet.", http.StatusServiceUnavailable)
 			return
 		}
@@ -141,7 +151,23 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	// runtime, which writes its last outputs as it stops.
 	sinkCtx, stopSinks := context.WithCancel(context.Background())
 	waitSinks := outs.start(sinkCtx, log)
+	rpDone := make(chan error, 1)
+	if rp != nil {
+		go func() {
+			err := rp.Run(ctx)
+			cancel()
+			rpDone <- err
+		}()
+		select {
+		case <-rp.Prepared(): // so that the runtime finds the internal topic
+		case <-ctx.Done():
+		}
+	} else {
+		rpDone <- nil
+	}
 	runErr := rt.Run(ctx)
+	cancel()
+	rpErr := <-rpDone
 	stopSinks()
 	waitSinks()
 
@@ -153,6 +179,9 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	srvErr := <-srvDone
 	if runErr != nil {
 		return fmt.Errorf("run: %w", runErr)
+	}
+	if rpErr != nil {
+		return fmt.Errorf("run: repartition: %w", rpErr)
 	}
 	if !errors.Is(srvErr, http.ErrServerClosed) {
 		return fmt.Errorf("run: web server: %w", srvErr)
