@@ -8,10 +8,8 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
-	"slices"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -111,21 +109,14 @@ func (c RuntimeConfig) RepartitionedConfig() RuntimeConfig {
 // all of it; otherwise raise detector.allowed_lateness to the skew a backlog
 // can build up, or run one instance while a large backlog drains.
 type Repartitioner struct {
-	cfg   RuntimeConfig
-	group string
-	log   *slog.Logger
-	d     *kafka.Dialer
-	m     *repartitionMetrics
-	w     *kafka.Writer // set by Run
+	cfg RuntimeConfig
+	log *slog.Logger
+	d   *kafka.Dialer
+	m   *repartitionMetrics
+	w   *kafka.Writer // set by Run
 
-	ready    atomic.Bool
 	prepared chan struct{} // closed once the internal topic exists
-	workers  sync.WaitGroup
-
-	mu       sync.Mutex
-	assigned []int
-	fatal    error
-	stop     context.CancelCauseFunc
+	member                 // the consumer group membership
 }
 
 // NewRepartitioner checks cfg (its repartition_* fields as if Repartition
@@ -146,33 +137,22 @@ func NewRepartitioner(cfg RuntimeConfig, reg prometheus.Registerer, log *slog.Lo
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	log = log.With("component", "repartitioner")
+	m := newRepartitionMetrics(reg)
 	return &Repartitioner{
-		cfg: cfg, group: cfg.Group + RepartitionGroupSuffix, d: d,
-		log:      log.With("component", "repartitioner"),
-		m:        newRepartitionMetrics(reg),
+		cfg: cfg, d: d, log: log, m: m,
 		prepared: make(chan struct{}),
+		member:   member{group: cfg.Group + RepartitionGroupSuffix, log: log, gauge: m.assigned},
 	}, nil
 }
 
 // Group returns the Repartitioner's consumer group.
 func (r *Repartitioner) Group() string { return r.group }
 
-// Ready reports whether the Repartitioner has joined its consumer group:
-// true from the first generation until Run returns. Safe for concurrent use.
-func (r *Repartitioner) Ready() bool { return r.ready.Load() }
-
 // Prepared returns a channel that is closed once Run has found or created
 // the internal topic. Start a Runtime on it after that, or its first look
 // may not find the topic (kafka-go caches metadata) and it waits longer.
 func (r *Repartitioner) Prepared() <-chan struct{} { return r.prepared }
-
-// Assigned returns the source partitions this member holds in the current
-// generation, sorted. Safe for concurrent use.
-func (r *Repartitioner) Assigned() []int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.assigned)
-}
 
 // Run creates the internal topic if it does not exist (waiting, logging,
 // while the events topic does not exist), joins the group and forwards
@@ -183,11 +163,8 @@ func (r *Repartitioner) Assigned() []int {
 // fetch, produce and connection errors are logged and retried. Run may be
 // called once.
 func (r *Repartitioner) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancelCause(ctx)
+	ctx, cancel := r.start(ctx)
 	defer cancel(nil)
-	r.mu.Lock()
-	r.stop = cancel
-	r.mu.Unlock()
 	// kafka-go answers metadata requests from a cache it refreshes every
 	// MetadataTTL: looking for topics, refresh it at every look.
 	ptr := &kafka.Transport{
@@ -226,90 +203,14 @@ func (r *Repartitioner) Run(ctx context.Context) error {
 		Transport:       tr,
 	}
 	defer r.w.Close()
-	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
-		ID:                    r.group,
-		Brokers:               r.cfg.Brokers,
-		Dialer:                r.d,
-		Topics:                []string{r.cfg.Topic},
-		HeartbeatInterval:     r.cfg.HeartbeatInterval,
-		SessionTimeout:        r.cfg.SessionTimeout,
-		RebalanceTimeout:      r.cfg.RebalanceTimeout,
-		JoinGroupBackoff:      r.cfg.JoinBackoff,
-		WatchPartitionChanges: true,
-		StartOffset:           r.cfg.startOffset(),
-		Timeout:               r.cfg.DialTimeout,
-		ErrorLogger:           kafkaLogger(r.log),
-	})
-	if err != nil {
-		return fmt.Errorf("kafka: consumer group %s: %w", r.group, err)
-	}
 	r.log.Info("joining consumer group", "group", r.group, "from", r.cfg.Topic, "to", r.cfg.RepartitionTopic)
-	for {
-		gen, err := cg.Next(ctx)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed) {
-				break
-			}
-			lvl := slog.LevelWarn
-			if errors.Is(err, kafka.RebalanceInProgress) {
-				lvl = slog.LevelDebug
-			}
-			r.log.Log(ctx, lvl, "consumer group: joining failed, retrying", "group", r.group, "err", err)
-			r.setAssigned(nil)
-			continue
-		}
-		r.startGeneration(ctx, gen)
-	}
-	// Closing the group ends the generation and waits for its workers,
-	// which finish producing and commit, then leaves the group.
-	cerr := cg.Close()
-	r.workers.Wait()
-	r.ready.Store(false)
-	r.setAssigned(nil)
-	r.mu.Lock()
-	fatal := r.fatal
-	r.mu.Unlock()
-	if fatal != nil {
-		return fatal
-	}
-	if cerr != nil {
-		return fmt.Errorf("kafka: leave group %s: %w", r.group, cerr)
-	}
-	return nil
-}
-
-// fail stops the Repartitioner with err (the first one wins).
-func (r *Repartitioner) fail(err error) {
-	r.mu.Lock()
-	if r.fatal == nil {
-		r.fatal = err
-	}
-	stop := r.stop
-	r.mu.Unlock()
-	if stop != nil {
-		stop(err)
-	}
-}
-
-func (r *Repartitioner) setAssigned(ids []int) {
-	r.mu.Lock()
-	r.assigned = ids
-	r.mu.Unlock()
-	r.m.assigned.Set(float64(len(ids)))
+	// Leaving ends the generation and waits for its workers, which finish
+	// producing and commit.
+	return r.result(r.join(ctx, &r.cfg, r.d, r.cfg.Topic, func(gen *kafka.Generation) { r.startGeneration(ctx, gen) }))
 }
 
 func (r *Repartitioner) startGeneration(ctx context.Context, gen *kafka.Generation) {
-	// Never let two workers own one partition (see Runtime.startGeneration).
-	r.workers.Wait()
-	as := gen.Assignments[r.cfg.Topic]
-	ids := make([]int, len(as))
-	for i, a := range as {
-		ids[i] = a.ID
-	}
-	slices.Sort(ids)
-	r.setAssigned(ids)
-	r.ready.Store(true)
-	r.log.Info("consumer group generation", "group", r.group, "generation", gen.ID, "member", gen.MemberID, "partitions", ids)
+	as := r.generation(gen, r.cfg.Topic)
 	if len(as) == 0 {
 		return
 	}

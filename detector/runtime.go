@@ -8,8 +8,6 @@ import (
 	"net"
 	"slices"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -77,14 +75,8 @@ type Runtime struct {
 	state  *stateStore // set by Run
 	signer *Signer     // signs revocation requests (SetSigner)
 
-	ready   atomic.Bool
-	workers sync.WaitGroup // partition workers, across generations
-
-	mu       sync.Mutex
-	parked   map[int]*partState // between generations: partitions last held here
-	assigned []int
-	fatal    error
-	stop     context.CancelCauseFunc
+	member                    // the consumer group membership; mu also guards parked
+	parked map[int]*partState // between generations: partitions last held here
 }
 
 // NewRuntime checks both configurations and builds the Kafka dialer (reading
@@ -107,10 +99,11 @@ func NewRuntime(cfg RuntimeConfig, det Config, sink Sink, reg prometheus.Registe
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	m := newRuntimeMetrics(reg)
 	return &Runtime{
-		cfg: cfg, det: det, sink: sink, log: log, dialer: d,
-		m:      newRuntimeMetrics(reg),
+		cfg: cfg, det: det, sink: sink, log: log, dialer: d, m: m,
 		now:    time.Now,
+		member: member{group: cfg.Group, log: log, gauge: m.assigned},
 		parked: make(map[int]*partState),
 	}, nil
 }
@@ -118,18 +111,6 @@ func NewRuntime(cfg RuntimeConfig, det Config, sink Sink, reg prometheus.Registe
 // SetSigner sets the key that signs revocation requests; required when the
 // revocation policy is enabled. Call before Run.
 func (r *Runtime) SetSigner(s *Signer) { r.signer = s }
-
-// Ready reports whether the Runtime has joined its consumer group: true from
-// the first generation until Run returns. Safe for concurrent use.
-func (r *Runtime) Ready() bool { return r.ready.Load() }
-
-// Assigned returns the partitions this member holds in the current
-// generation, sorted. Safe for concurrent use.
-func (r *Runtime) Assigned() []int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.assigned)
-}
 
 // Run checks the state topic (creating it if it does not exist), joins the
 // group and consumes until ctx ends, then lets every worker write its output,
@@ -142,11 +123,8 @@ func (r *Runtime) Run(ctx context.Context) error {
 	if _, err := NewRevoker(r.det.Revocation, r.signer); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
+	ctx, cancel := r.start(ctx)
 	defer cancel(nil)
-	r.mu.Lock()
-	r.stop = cancel
-	r.mu.Unlock()
 	if r.dial != nil {
 		r.dialer.DialFunc = r.dial
 	}
@@ -165,108 +143,33 @@ func (r *Runtime) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	cg, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
-		ID:                    r.cfg.Group,
-		Brokers:               r.cfg.Brokers,
-		Dialer:                r.dialer,
-		Topics:                []string{r.cfg.Topic},
-		HeartbeatInterval:     r.cfg.HeartbeatInterval,
-		SessionTimeout:        r.cfg.SessionTimeout,
-		RebalanceTimeout:      r.cfg.RebalanceTimeout,
-		JoinGroupBackoff:      r.cfg.JoinBackoff,
-		WatchPartitionChanges: true,
-		StartOffset:           r.cfg.startOffset(),
-		Timeout:               r.cfg.DialTimeout,
-		ErrorLogger:           kafkaLogger(r.log),
-	})
-	if err != nil {
-		return fmt.Errorf("kafka: consumer group %s: %w", r.cfg.Group, err)
-	}
 	r.log.Info("joining consumer group", "group", r.cfg.Group, "topic", r.cfg.Topic, "brokers", r.cfg.Brokers)
-	for {
-		gen, err := cg.Next(ctx)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, kafka.ErrGroupClosed) {
-				break
-			}
-			lvl := slog.LevelWarn
-			if errors.Is(err, kafka.RebalanceInProgress) {
-				lvl = slog.LevelDebug
-			}
-			r.log.Log(ctx, lvl, "consumer group: joining failed, retrying", "group", r.cfg.Group, "err", err)
-			r.setAssigned(nil)
-			continue
-		}
-		r.startGeneration(ctx, gen)
-	}
-	// Closing the group ends the generation, waits for its workers (which
-	// write their output and commit) and leaves the group.
-	cerr := cg.Close()
-	r.workers.Wait()
-	r.ready.Store(false)
-	r.setAssigned(nil)
+	// Leaving ends the generation and waits for its workers, which write
+	// their output, checkpoint and commit.
+	leave := r.join(ctx, &r.cfg, r.dialer, r.cfg.Topic, func(gen *kafka.Generation) { r.startGeneration(ctx, gen) })
 	r.mu.Lock()
 	for id, ps := range r.parked {
 		ps.dropped(r.log)
 		delete(r.parked, id)
 	}
-	fatal := r.fatal
 	r.mu.Unlock()
-	if fatal != nil {
-		return fatal
-	}
-	if cerr != nil {
-		return fmt.Errorf("kafka: leave group %s: %w", r.cfg.Group, cerr)
-	}
-	return nil
-}
-
-// fail stops the Runtime with err (the first one wins).
-func (r *Runtime) fail(err error) {
-	r.mu.Lock()
-	if r.fatal == nil {
-		r.fatal = err
-	}
-	stop := r.stop
-	r.mu.Unlock()
-	if stop != nil {
-		stop(err)
-	}
-}
-
-func (r *Runtime) setAssigned(ids []int) {
-	r.mu.Lock()
-	r.assigned = ids
-	r.mu.Unlock()
-	r.m.assigned.Set(float64(len(ids)))
+	return r.result(leave)
 }
 
 // startGeneration starts one worker per partition of the topic assigned to
 // this member. Every worker of the previous generation has returned (kafka-go
 // waits for them before it delivers the next generation).
 func (r *Runtime) startGeneration(ctx context.Context, gen *kafka.Generation) {
-	// kafka-go has waited for the previous generation's workers, except
-	// those it started after that generation had ended; never let two
-	// workers own one partition.
-	r.workers.Wait()
-	as := gen.Assignments[r.cfg.Topic]
-	ids := make([]int, len(as))
-	for i, a := range as {
-		ids[i] = a.ID
-	}
-	slices.Sort(ids)
+	as := r.generation(gen, r.cfg.Topic)
 	r.mu.Lock()
 	for id, ps := range r.parked {
-		if !slices.Contains(ids, id) {
+		if !slices.ContainsFunc(as, func(a kafka.PartitionAssignment) bool { return a.ID == id }) {
 			ps.dropped(r.log)
 			delete(r.parked, id)
 		}
 	}
 	r.mu.Unlock()
-	r.setAssigned(ids)
-	r.ready.Store(true)
 	r.m.generations.Inc()
-	r.log.Info("consumer group generation", "group", r.cfg.Group, "generation", gen.ID, "member", gen.MemberID, "partitions", ids)
 	for _, a := range as {
 		r.workers.Add(1)
 		gen.Start(func(gctx context.Context) {
