@@ -17,12 +17,18 @@
 //
 // Runtime is the streaming runtime: a member of a Kafka consumer group
 // (kafka-go) with one worker goroutine and one Pipeline per assigned
-// partition. Workers hand alerts and dead letters (rejected events, with
-// their reason) to a Sink, the small interface sinks implement, and commit a
-// partition's offset only past messages whose output the Sink has made
-// durable (at least once; a failing Sink blocks, it never drops) and whose
-// effect on the partition's state is checkpointed. Idle partitions close
-// their windows by the wall clock.
+// partition. Workers hand their outputs (a Batch: alerts, signed revocation
+// requests from the Revoker's policy, window records, dead letters) to a
+// Sink, the small interface sinks implement, and commit a partition's offset
+// only past messages whose output the Sink has made durable (at least once;
+// a failing Sink blocks, it never drops) and whose effect on the partition's
+// state is checkpointed. Fanout is the Sink that writes to several sinks,
+// retrying each on its own, with per-sink metrics. Idle partitions close
+// their windows by the wall clock. Idle agents are evicted to a spill file
+// (AgentStore) once checkpointed and come back with their next event.
+//
+// Repartitioner re-keys events that producers did not key by agent_id
+// through an internal topic, so each agent's events meet in one worker.
 //
 // State survives members: each partition's agents, peer groups, watermark
 // and duplicate filter are checkpointed (only what changed) to partition P
@@ -32,6 +38,5 @@
 // protocol (records, keys, markers, terms, and what a crash at any point
 // leaves) is described in checkpoint.go.
 //
-// Not here yet: eviction of idle agents (memory grows with the number of
-// distinct agents of a partition), the sinks themselves (package sinks).
+// The sinks themselves live in package sinks.
 package detector
