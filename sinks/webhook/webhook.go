@@ -176,7 +176,6 @@ func New(cfg Config, reg prometheus.Registerer) (*Sink, error) {
 	return s, nil
 }
 
-
 // Name returns "webhook".
 func (s *Sink) Name() string { return Name }
 
