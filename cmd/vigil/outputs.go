@@ -93,6 +93,9 @@ func buildOutputs(ctx context.Context, cfg Config, stdout, stderr io.Writer, reg
 		o.sinks = append(o.sinks, stdio.New(stdout, stderr))
 	}
 	if cfg.Detector.Revocation.Enabled {
+		if !oc.Revocations.Enabled && oc.Webhook.URL == "" && !oc.ClickHouse.Enabled {
+			return nil, errors.New("outputs: detector.revocation is enabled but no output takes revocation requests: enable outputs.revocations (Kafka), outputs.webhook or outputs.clickhouse")
+		}
 		if oc.SigningKey.File == "" {
 			return nil, errors.New("outputs.signing_key.file: detector.revocation is enabled, so requests must be signed: create a key with `vigil keygen` and name it here")
 		}

@@ -272,6 +272,8 @@ func TestRunRejectsBadFlagsAndConfig(t *testing.T) {
 		{[]string{"run", "--config", writeFile(t, dir, "s.yaml", "kafka:\n  sasl:\n    mechanism: PLAIN\n    username: u\n    password_env: VIGIL_TEST_NO_SUCH_VAR\n")}, 1, "VIGIL_TEST_NO_SUCH_VAR"},
 		{[]string{"run", "--web.listen-address", "256.0.0.1:1"}, 1, "web.listen-address"},
 		{[]string{"run", "stray"}, 2, "unexpected argument"},
+		{[]string{"run", "--config", writeFile(t, dir, "r.yaml", "detector:\n  revocation:\n    enabled: true\noutputs:\n  revocations:\n    enabled: false\n")}, 1, "no output takes revocation requests"},
+		{[]string{"run", "--config", writeFile(t, dir, "r2.yaml", "detector:\n  revocation:\n    enabled: true\n")}, 1, "vigil keygen"},
 	} {
 		var out, errb bytes.Buffer
 		if rc := run(tc.args, nil, &out, &errb); rc != tc.rc || !strings.Contains(errb.String(), tc.want) {
