@@ -215,39 +215,10 @@ func ktWrite(t *testing.T, addr string, tr *kafka.Transport, msgs []kafka.Messag
 	}
 }
 
-// ktRead returns every message of a partition, in order.
+// ktRead returns every message of a partition of the events topic, in order.
 func ktRead(t *testing.T, addr string, p int) []kafka.Message {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := kafka.DialLeader(ctx, "tcp", addr, ktTopic, p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
-	last, err := conn.ReadLastOffset()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Seek(0, kafka.SeekAbsolute); err != nil {
-		t.Fatal(err)
-	}
-	var out []kafka.Message
-	for int64(len(out)) < last {
-		b := conn.ReadBatch(1, 32<<20)
-		for {
-			m, err := b.ReadMessage()
-			if err != nil {
-				break
-			}
-			out = append(out, m)
-		}
-		if err := b.Close(); err != nil {
-			t.Fatalf("read partition %d: %v", p, err)
-		}
-	}
-	return out
+	return rpRead(t, addr, ktTopic, p)
 }
 
 // ktEnds returns each partition's end offset.

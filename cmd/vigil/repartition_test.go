@@ -5,10 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -79,17 +77,7 @@ func TestRunRepartitionsUnkeyedEvents(t *testing.T) {
 	}
 	promtoolCheckMetrics(t, body)
 
-	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case code := <-rc:
-		if code != 0 {
-			t.Fatalf("vigil run exited %d on SIGTERM:\n%s", code, stderr.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("vigil run did not exit within 20s of SIGTERM")
-	}
+	sigterm(t, rc, &stderr)
 	cl := &kafka.Client{Addr: kafka.TCP(addr), Transport: tr}
 	for _, g := range []struct{ group, topic string }{{"cmd-rp-repartition", "agent-events"}, {"cmd-rp", "vigil-repartition"}} {
 		resp, err := cl.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: g.group, Topics: map[string][]int{g.topic: {0, 1, 2}}})

@@ -186,17 +186,7 @@ func TestRunConsumesAndExitsCleanlyOnSIGTERM(t *testing.T) {
 	_, body := get("/metrics")
 	promtoolCheckMetrics(t, body)
 
-	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case code := <-rc:
-		if code != 0 {
-			t.Fatalf("vigil run exited %d on SIGTERM:\n%s", code, stderr.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("vigil run did not exit within 20s of SIGTERM")
-	}
+	sigterm(t, rc, &stderr)
 	cl := &kafka.Client{Addr: kafka.TCP(addr), Transport: tr}
 	resp, err := cl.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: "cmd-test", Topics: map[string][]int{"agent-events": {0, 1}}})
 	if err != nil {
@@ -211,6 +201,23 @@ func TestRunConsumesAndExitsCleanlyOnSIGTERM(t *testing.T) {
 	}
 	if stdout.String() != "" && !strings.HasPrefix(stdout.String(), `{"alert_id":`) {
 		t.Errorf("stdout is not alerts: %.200s", stdout.String())
+	}
+}
+
+// sigterm sends SIGTERM to this process (where `vigil run` runs in-process)
+// and waits for the run's exit code, which must be 0 within 20 s.
+func sigterm(t *testing.T, rc <-chan int, stderr *syncBuffer) {
+	t.Helper()
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-rc:
+		if code != 0 {
+			t.Fatalf("vigil run exited %d on SIGTERM:\n%s", code, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("vigil run did not exit within 20s of SIGTERM")
 	}
 }
 
