@@ -92,6 +92,7 @@ type worker struct {
 	seen, lastSeen     int64
 	lastMsg, lastCheck time.Time
 	rd                 *kafka.Reader
+	tick               time.Duration // the loop's ticker period
 }
 
 func (r *Runtime) newPartState(id int) (*partState, error) {
@@ -265,7 +266,8 @@ func (w *worker) fetch(ctx context.Context, rd *kafka.Reader, msgs chan<- kafka.
 // loop processes messages until ctx ends or writing fails permanently.
 func (w *worker) loop(ctx context.Context, msgs <-chan kafka.Message) {
 	cfg := &w.r.cfg
-	tick := time.NewTicker(max(min(cfg.CheckpointInterval, cfg.IdleTimeout/2, cfg.FlushInterval), 10*time.Millisecond))
+	w.tick = max(min(cfg.CheckpointInterval, cfg.IdleTimeout/2, cfg.FlushInterval), 10*time.Millisecond)
+	tick := time.NewTicker(w.tick)
 	defer tick.Stop()
 	for {
 		select {
@@ -455,7 +457,9 @@ func (w *worker) checkpoint(ctx context.Context, force bool) {
 		return
 	}
 	now := r.now()
-	if !force && now.Sub(ck.last) < r.cfg.CheckpointInterval {
+	// Half a tick of slack: checkpoints ride the ticker, and a tick that
+	// comes a hair early must not push the checkpoint a whole tick later.
+	if !force && now.Sub(ck.last) < r.cfg.CheckpointInterval-w.tick/2 {
 		return
 	}
 	ck.last = now
