@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -323,17 +324,53 @@ func (w *worker) process(m *kafka.Message) {
 	}
 	if err := ps.p.Process(m.Value); err != nil {
 		reason := rejectReason(err)
-		ps.pending.DeadLetters = append(ps.pending.DeadLetters, DeadLetter{
+		d := DeadLetter{
 			Topic: m.Topic, Partition: m.Partition, Offset: m.Offset,
 			Key: bytes.Clone(m.Key), Value: bytes.Clone(m.Value), Time: m.Time,
 			Reason: reason, Detail: err.Error(),
-		})
+		}
+		if w.r.cfg.Topic == w.r.cfg.RepartitionTopic {
+			sourceOf(&d, m.Headers)
+		}
+		ps.pending.DeadLetters = append(ps.pending.DeadLetters, d)
 		w.r.m.deadLetters.WithLabelValues(string(reason)).Inc()
 	}
 	ps.next = m.Offset + 1
 	w.seen++
 	w.unwritten++
 	w.messages.Inc()
+}
+
+// sourceOf points a dead letter read from the repartition topic at where
+// the Repartitioner read the event (its source headers), which is where
+// the producer wrote it.
+func sourceOf(d *DeadLetter, hs []kafka.Header) {
+	var topic string
+	part, off := -1, int64(-1)
+	var ts time.Time
+	for _, h := range hs {
+		switch h.Key {
+		case HeaderSourceTopic:
+			topic = string(h.Value)
+		case HeaderSourcePartition:
+			if v, err := strconv.Atoi(string(h.Value)); err == nil {
+				part = v
+			}
+		case HeaderSourceOffset:
+			if v, err := strconv.ParseInt(string(h.Value), 10, 64); err == nil {
+				off = v
+			}
+		case HeaderSourceTimestamp:
+			ts, _ = time.Parse(time.RFC3339Nano, string(h.Value))
+		}
+	}
+	if topic == "" || part < 0 || off < 0 {
+		return
+	}
+	d.Topic, d.Partition, d.Offset = topic, part, off
+	if !ts.IsZero() {
+		d.Time = ts
+	}
 }
 
 // idle advances the event-time clock of an idle partition (see worker): by

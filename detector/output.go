@@ -58,7 +58,9 @@ func (b *Batch) reset() {
 }
 
 // DeadLetter is a message that was not scored (invalid or late), with why.
-// Duplicates are not dead letters: they are dropped and counted.
+// Duplicates are not dead letters: they are dropped and counted. Topic,
+// Partition and Offset say where the producer wrote it: for a message read
+// from the repartition topic, where the Repartitioner read it.
 type DeadLetter struct {
 	Topic     string
 	Partition int

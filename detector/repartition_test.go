@@ -226,12 +226,14 @@ func TestRepartitionerKeysEveryAgentToOnePartition(t *testing.T) {
 	agentPart := make(map[string]int)
 	var dec features.Decoder
 	var ev features.Event
-	invalid := make(map[[2]int64]features.Reason) // internal partition, offset → reason
+	invalid := make(map[[2]int64]features.Reason) // source partition, offset → reason
+	source := make(map[[2]int64][2]int64)         // internal partition, offset → source
 	for p, msgs := range parts {
 		lastSrc := map[int]int64{}
 		for _, m := range msgs {
 			sp, so := rpSource(t, m)
 			k := [2]int64{int64(sp), so}
+			source[[2]int64{int64(p), m.Offset}] = k
 			if seen[k] {
 				t.Errorf("source %d/%d forwarded twice", sp, so)
 			}
@@ -250,7 +252,7 @@ func TestRepartitionerKeysEveryAgentToOnePartition(t *testing.T) {
 				t.Errorf("source %d/%d: headers %+v do not start with the original %+v", sp, so, m.Headers, orig.Headers)
 			}
 			if err := dec.Decode(m.Value, &ev); err != nil {
-				invalid[[2]int64{int64(p), m.Offset}] = rejectReason(err)
+				invalid[k] = rejectReason(err)
 				if !bytes.Equal(m.Key, orig.Key) {
 					t.Errorf("invalid event %d/%d: key %q, want the original %q", sp, so, m.Key, orig.Key)
 				}
@@ -286,7 +288,13 @@ func TestRepartitionerKeysEveryAgentToOnePartition(t *testing.T) {
 	ktWait(t, 30*time.Second, "the runtime to read every message", func() bool {
 		return rt.metric(t, "vigil_consumer_messages_total") == float64(len(src))
 	})
-	wantIDs, wantDead, _ := ktReference(t, parts, false)
+	wantIDs, internalDead, _ := ktReference(t, parts, false)
+	// Dead letters name where the producer wrote the event (the source
+	// headers), not the internal topic.
+	wantDead := make(map[[2]int64]features.Reason, len(internalDead))
+	for k, r := range internalDead {
+		wantDead[source[k]] = r
+	}
 	ktWait(t, 10*time.Second, "every dead letter", func() bool { return len(sink.deadLetters()) == len(wantDead) })
 	gotDead := sink.deadLetters()
 	if !maps.Equal(gotDead, wantDead) {

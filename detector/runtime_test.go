@@ -120,7 +120,9 @@ func (s *ktRecorder) Write(ctx context.Context, b Batch) error {
 		s.alerts[a.AlertID]++
 	}
 	for _, d := range b.DeadLetters {
-		if d.Partition != b.Partition {
+		// (A dead letter read from the repartition topic names the event's
+		// source topic and partition instead.)
+		if d.Topic == b.Topic && d.Partition != b.Partition {
 			return fmt.Errorf("dead letter of partition %d in batch of %d: %w", d.Partition, b.Partition, ErrPermanent)
 		}
 		s.dead[[2]int64{int64(d.Partition), d.Offset}] = d.Reason
