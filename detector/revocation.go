@@ -99,6 +99,7 @@ type RevocationPolicy struct {
 	Persistence time.Duration `yaml:"persistence"`
 	// TTL is how long a request holds (expires_at = detected_at + TTL);
 	// the policy engine restores access after it unless a person confirms.
+	// An agent gets no new request while its last one holds.
 	TTL time.Duration `yaml:"ttl"`
 	// Allowlist names agents that are alerted on but never revoked
 	// (path.Match patterns on agent_id, e.g. "spiffe://bank/agent/core-*").
@@ -154,7 +155,7 @@ type Revoker struct {
 	signer *Signer
 	recent map[string][]int64 // agent → detected_at of its recent critical alerts
 	spent  []spent            // enforced requests within the budget window
-	done   map[string]int64   // agent → window start of its last request
+	done   map[string]int64   // agent → expires_at (Unix ns) of its last request
 }
 
 type spent struct {
@@ -193,13 +194,13 @@ func (r *Revoker) Decide(a *Alert) (*Revocation, error) {
 	if a.Score < r.pol.MinScore && len(keep) < r.pol.MinAlerts {
 		return nil, nil
 	}
-	// One request per agent and window: the other kinds of the same window
-	// add nothing the first did not ask for.
-	ws := a.WindowStart.UnixNano()
-	if last, ok := r.done[a.AgentID]; ok && last == ws {
+	// One request per agent while its last one holds (TTL): later windows
+	// and other kinds add nothing the policy engine has not been asked
+	// already, and the budget counts agents, not alerts.
+	if exp, ok := r.done[a.AgentID]; ok && at < exp {
 		return nil, nil
 	}
-	r.done[a.AgentID] = ws
+	r.done[a.AgentID] = at + int64(r.pol.TTL)
 	mode, why := r.pol.Mode, "policy"
 	if mode == ModeEnforce {
 		switch {
@@ -254,19 +255,24 @@ func (r *Revoker) prune(now int64) {
 		i++
 	}
 	r.spent = append(r.spent[:0], r.spent[i:]...)
-	if len(r.recent) < 1024 {
-		return
+	if len(r.recent) >= 1024 {
+		for agent, ts := range r.recent {
+			if len(ts) == 0 || now-ts[len(ts)-1] >= int64(r.pol.Persistence) {
+				delete(r.recent, agent)
+			}
+		}
 	}
-	for agent, ts := range r.recent {
-		if len(ts) == 0 || now-ts[len(ts)-1] >= int64(r.pol.Persistence) {
-			delete(r.recent, agent)
-			delete(r.done, agent)
+	if len(r.done) >= 1024 {
+		for agent, exp := range r.done {
+			if now >= exp {
+				delete(r.done, agent)
+			}
 		}
 	}
 }
 
 // AppendBinary appends the policy's state (recent critical alerts per agent,
-// spent budget, the last window requested per agent) to dst, so that a
+// spent budget, when each agent's last request expires) to dst, so that a
 // partition's next owner neither re-spends the budget nor forgets an
 // agent's earlier alerts. Version byte 1, then uvarint counts and values.
 func (r *Revoker) AppendBinary(dst []byte) []byte {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"flag"
 	"fmt"
@@ -180,6 +181,18 @@ func demo(ctx context.Context, o demoOptions, out, viewOut io.Writer, tty bool) 
 	addr := cluster.ListenAddrs()[0]
 
 	det := detector.DefaultConfig()
+	// Revocation requests under the enforce policy (budget, cold baselines),
+	// signed with a key made for the demo; they go to no policy engine, only
+	// to the summary (and ClickHouse when attached): what vigil would ask.
+	det.Revocation.Enabled, det.Revocation.Mode = true, detector.ModeEnforce
+	_, key, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	signer, err := detector.NewSigner("vigil-demo", key)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
 	kc := demoRuntimeConfig(addr)
 	v := newDemoView(o, det.Model.WindowSize, tty, viewOut)
 	log := slog.New(slog.NewTextHandler(v.logWriter(), &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -217,6 +230,7 @@ func demo(ctx context.Context, o demoOptions, out, viewOut io.Writer, tty bool) 
 		if err != nil {
 			return fmt.Errorf("demo: %w", err)
 		}
+		rt.SetSigner(signer)
 		members[i] = &demoMember{id: i + 1, rt: rt, reg: reg}
 	}
 	rctx, stopRuntimes := context.WithCancel(ctx)
@@ -663,6 +677,7 @@ type demoView struct {
 	bySev    map[detector.Severity]int
 	early    int
 	dead     map[features.Reason]int
+	revoked  map[string]*detector.Revocation // request_id → request
 	phase    string
 	mal, ben []sim.Incident
 	detected map[string]time.Time // incident_id → earliest detection
@@ -684,6 +699,7 @@ func newDemoView(o demoOptions, grace time.Duration, tty bool, w io.Writer) *dem
 		o: o, grace: grace, tty: tty, w: w,
 		alerts: map[string]*detector.Alert{}, bySev: map[detector.Severity]int{},
 		dead: map[features.Reason]int{}, detected: map[string]time.Time{},
+		revoked: map[string]*detector.Revocation{},
 	}
 }
 
@@ -734,6 +750,9 @@ func (v *demoView) add(b detector.Batch) {
 	defer v.mu.Unlock()
 	for _, d := range b.DeadLetters {
 		v.dead[d.Reason]++
+	}
+	for _, r := range b.Revocations {
+		v.revoked[r.RequestID] = r
 	}
 	for _, a := range b.Alerts {
 		if old, ok := v.alerts[a.AlertID]; ok {
@@ -992,6 +1011,19 @@ func (v *demoView) summary(w io.Writer, s demoSummary) {
 	fmt.Fprintf(bw, "dead letters  %d %v\n", deadN, reasons)
 	fmt.Fprintf(bw, "alerts        %d: %d critical, %d warning, %d info; %d fired before their window closed\n",
 		len(v.alerts), v.bySev[detector.SeverityCritical], v.bySev[detector.SeverityWarning], v.bySev[detector.SeverityInfo], v.early)
+	if n := len(v.revoked); n > 0 {
+		onIncident, why := 0, map[string]int{}
+		for _, r := range v.revoked {
+			why[r.Why]++
+			if v.incidentOf(&detector.Alert{AgentID: r.AgentID, WindowStart: r.WindowStart, WindowEnd: r.WindowEnd}) != nil {
+				onIncident++
+			}
+		}
+		fmt.Fprintf(bw, "revocations   %d signed requests (sent to no policy engine): %d on injected incidents, %d on false alarms; %d enforce, %d dry run (cold baseline), %d dry run (budget spent)\n",
+			n, onIncident, n-onIncident, why["policy"], why["cold"], why["budget"])
+	} else {
+		fmt.Fprintf(bw, "revocations   none (no alert met the revocation policy)\n")
+	}
 	for _, u := range s.o.amURLs {
 		fmt.Fprintf(bw, "alertmanager  sent to %s: amtool --alertmanager.url=%s alert query alertname=%s\n", u, u, alertmanager.DefaultAlertName)
 	}

@@ -30,7 +30,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo: rc %d\nview:\n%s\nsummary:\n%s", rc, view, sum)
 	}
 	t.Logf("demo took %v\n%s%s", time.Since(began), view, sum)
-	for _, want := range []string{"== vigil demo: summary", "every offset committed", "kind  ", "recall"} {
+	for _, want := range []string{"== vigil demo: summary", "every offset committed", "kind  ", "recall", "revocations   "} {
 		if !strings.Contains(sum, want) {
 			t.Errorf("summary lacks %q", want)
 		}
