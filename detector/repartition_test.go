@@ -171,19 +171,7 @@ func (r *rpRunning) metric(t *testing.T, name string) float64 {
 
 func (r *rpRunning) stop(t *testing.T) {
 	t.Helper()
-	if r.done == nil {
-		return
-	}
-	r.cancel()
-	select {
-	case err := <-r.done:
-		if err != nil {
-			t.Errorf("Repartitioner.Run: %v", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("Repartitioner.Run did not return within 20s of cancel")
-	}
-	r.done = nil
+	awaitStop(t, "Repartitioner.Run", r.cancel, &r.done)
 }
 
 // Unkeyed events spread over three partitions are forwarded, every one of

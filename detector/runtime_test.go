@@ -355,19 +355,26 @@ func (r *ktRunning) metric(t testing.TB, name string) float64 {
 // stop cancels the runtime and checks that it returns nil promptly.
 func (r *ktRunning) stop(t *testing.T) {
 	t.Helper()
-	if r.done == nil {
+	awaitStop(t, "Run", r.cancel, &r.done)
+}
+
+// awaitStop cancels a Run started in a goroutine (its result on *done) and
+// checks that it returns nil within 20 s; a nil *done means already stopped.
+func awaitStop(t *testing.T, what string, cancel func(), done *chan error) {
+	t.Helper()
+	if *done == nil {
 		return
 	}
-	r.cancel()
+	cancel()
 	select {
-	case err := <-r.done:
+	case err := <-*done:
 		if err != nil {
-			t.Errorf("Run: %v", err)
+			t.Errorf("%s: %v", what, err)
 		}
 	case <-time.After(20 * time.Second):
-		t.Fatal("Run did not return within 20s of cancel")
+		t.Fatalf("%s did not return within 20s of cancel", what)
 	}
-	r.done = nil
+	*done = nil
 }
 
 func ktAllCommitted(t *testing.T, addr, group string, n int) func() bool {

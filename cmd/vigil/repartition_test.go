@@ -3,9 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -38,28 +35,8 @@ func TestRunRepartitionsUnkeyedEvents(t *testing.T) {
 	w.Close()
 
 	var stdout, stderr syncBuffer
-	rc := make(chan int, 1)
-	go func() {
-		rc <- run([]string{"run", "--kafka.brokers", addr, "--kafka.group", "cmd-rp", "--kafka.repartition", "--web.listen-address", "127.0.0.1:0"}, nil, &stdout, &stderr)
-	}()
-	var web string
-	waitFor(t, 10*time.Second, "the web address in the log", func() bool {
-		m := regexp.MustCompile(`web=(http://\S+)`).FindStringSubmatch(stderr.String())
-		if m != nil {
-			web = m[1]
-		}
-		return m != nil
-	})
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
-	get := func(path string) (int, string) {
-		resp, err := client.Get(web + path)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	web, rc := startRun(t, addr, "cmd-rp", &stdout, &stderr, "--kafka.repartition")
+	get := webGet(web)
 	waitFor(t, 20*time.Second, "/-/ready", func() bool { code, _ := get("/-/ready"); return code == 200 })
 	waitFor(t, 20*time.Second, "two dead letters on stderr", func() bool { return strings.Count(stderr.String(), "dead-letter ") == 2 })
 	for _, want := range []string{"reason=bad_json", "reason=bad_timestamp"} {

@@ -159,16 +159,7 @@ func TestRunConsumesAndExitsCleanlyOnSIGTERM(t *testing.T) {
 
 	var stdout, stderr syncBuffer
 	web, rc := startRun(t, addr, "cmd-test", &stdout, &stderr)
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
-	get := func(path string) (int, string) {
-		resp, err := client.Get(web + path)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	get := webGet(web)
 	if code, _ := get("/-/healthy"); code != 200 {
 		t.Errorf("/-/healthy: %d", code)
 	}
@@ -204,6 +195,21 @@ func TestRunConsumesAndExitsCleanlyOnSIGTERM(t *testing.T) {
 	}
 }
 
+// webGet returns a GET of a path on web: status and body (the error's text
+// as body when there is no response).
+func webGet(web string) func(path string) (int, string) {
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
+	return func(path string) (int, string) {
+		resp, err := client.Get(web + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+}
+
 // sigterm sends SIGTERM to this process (where `vigil run` runs in-process)
 // and waits for the run's exit code, which must be 0 within 20 s.
 func sigterm(t *testing.T, rc <-chan int, stderr *syncBuffer) {
@@ -224,12 +230,11 @@ func sigterm(t *testing.T, rc <-chan int, stderr *syncBuffer) {
 // startRun runs `vigil run` in-process against the broker at addr with the
 // given consumer group, and returns its web address (from the log) and a
 // channel that receives its exit code.
-func startRun(t *testing.T, addr, group string, stdout, stderr *syncBuffer) (string, <-chan int) {
+func startRun(t *testing.T, addr, group string, stdout, stderr *syncBuffer, extra ...string) (string, <-chan int) {
 	t.Helper()
 	rc := make(chan int, 1)
-	go func() {
-		rc <- run([]string{"run", "--kafka.brokers", addr, "--kafka.group", group, "--web.listen-address", "127.0.0.1:0"}, nil, stdout, stderr)
-	}()
+	args := append([]string{"run", "--kafka.brokers", addr, "--kafka.group", group, "--web.listen-address", "127.0.0.1:0"}, extra...)
+	go func() { rc <- run(args, nil, stdout, stderr) }()
 	var web string
 	waitFor(t, 10*time.Second, "the web address in the log", func() bool {
 		m := regexp.MustCompile(`web=(http://\S+)`).FindStringSubmatch(stderr.String())

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -126,13 +125,7 @@ func (am *Alertmanager) stopLocked() {
 	if am.cmd == nil {
 		return
 	}
-	am.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-am.done:
-	case <-time.After(10 * time.Second):
-		am.cmd.Process.Kill()
-		<-am.done
-	}
+	terminate(am.cmd, am.done)
 	am.cmd, am.done = nil, nil
 }
 

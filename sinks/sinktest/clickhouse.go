@@ -219,13 +219,7 @@ func (c *ClickHouse) stopLocked() {
 	if c.cmd == nil {
 		return
 	}
-	c.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-c.exited:
-	case <-time.After(10 * time.Second):
-		c.cmd.Process.Kill()
-		<-c.exited
-	}
+	terminate(c.cmd, c.exited)
 	c.cmd = nil
 	c.stdout.Close()
 	c.stderrFile.Close()
