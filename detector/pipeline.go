@@ -560,9 +560,12 @@ func (p *Pipeline) decide(c *closing, idx int64) {
 	sev := pol.Severity(score, a.persist)
 	if sev >= pol.MinSeverity {
 		p.alert(c, sev, max(p.stats.MaxTS, c.v.End), false)
-		if c.res.Sustained >= 0 {
-			a.base.ClearSustained()
-		}
+	}
+	// A sustained deviation that has signalled (warning or above) starts
+	// anew, whether or not min_severity lets its alert out: what is printed
+	// must never change what is detected.
+	if c.res.Sustained >= 0 && sev >= SeverityWarning {
+		a.base.ClearSustained()
 	}
 	if p.onWindow != nil {
 		p.onWindow(&WindowScore{AgentID: a.id, AgentClass: a.class.name, Vector: &c.v, Result: &c.res, Severity: sev})

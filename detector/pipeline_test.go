@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vigil-sec/vigil/features"
+	"github.com/vigil-sec/vigil/sim"
 )
 
 var t0 = time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC) // a Monday
@@ -264,5 +266,40 @@ func TestNewAgentScoredAgainstPeersNotAlerted(t *testing.T) {
 	}
 	if s := p.Stats(); s.ColdWindows > 20*8 {
 		t.Errorf("%d cold windows: the newcomer should be scored against its peers", s.ColdWindows)
+	}
+}
+
+// min_severity filters what is emitted, never what is detected: a run that
+// also prints info alerts prints the same warnings and criticals.
+func TestMinSeverityOnlyFilters(t *testing.T) {
+	lines := simLines(t, sim.Config{Seed: 4, Agents: 18, Days: 3, WarmupDays: 1, Incidents: 5})
+	alertsAt := func(min Severity) (all []*Alert) {
+		cfg := DefaultConfig()
+		cfg.Policy.MinSeverity = min
+		p, err := NewPipeline(cfg, func(a *Alert) { all = append(all, a) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range lines {
+			p.Process(l)
+		}
+		p.Flush()
+		return all
+	}
+	want := alertsAt(SeverityWarning)
+	var got []*Alert
+	info := 0
+	for _, a := range alertsAt(SeverityInfo) {
+		if a.Severity >= SeverityWarning {
+			got = append(got, a)
+		} else {
+			info++
+		}
+	}
+	if len(want) == 0 || info == 0 {
+		t.Fatalf("%d warnings or worse, %d info alerts: the scenario needs both", len(want), info)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("with min_severity info: %d alerts at warning or worse, want the %d of a warning run", len(got), len(want))
 	}
 }
