@@ -60,7 +60,7 @@ func kindOf(f features.Feature) string {
 		return KindNovelAccess
 	case features.NewCredentials, features.NewSources, features.WeakAuthShare:
 		return KindCredential
-	case features.DenyRate, features.ErrorRate:
+	case features.DenyRate, features.ErrorRate, features.DeniedUnfamiliar:
 		return KindDenied
 	case features.BytesOut, features.BytesIn, features.RestrictedShare:
 		return KindDataTransfer

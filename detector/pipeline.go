@@ -42,6 +42,7 @@ type agent struct {
 	id      string
 	class   *class
 	seen    features.SeenSet
+	probes  features.Probes
 	base    models.Baseline
 	win     *[2]features.Window // windows i and i+1 may be open at once; nil while idle
 	open    [2]bool
@@ -225,6 +226,9 @@ func (p *Pipeline) Process(raw []byte) error {
 		a.cred = string(e.CredentialID)
 	}
 	flags, bucket := features.Observe(e, &a.seen, &a.class.seen)
+	if a.probes.Check(e, flags) {
+		flags |= features.Unfamiliar
+	}
 	w.Add(e, flags, bucket)
 	p.stats.Events++
 	if p.cfg.Policy.EarlyDecisions {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/vigil-sec/vigil/features"
@@ -20,10 +21,13 @@ var ErrState = errors.New("bad state snapshot")
 // and the baseline. Version 2 appends, for each open window, its
 // early-decision triggers and its place in the close order (uvarints), so
 // that a restored pipeline rechecks and decides exactly when the original
-// would have. Fields are only appended in later versions.
+// would have. Version 3 appends, for each open window, its count of denied
+// calls to unfamiliar targets or actions (uvarint), then the agent's probed
+// items (four little-endian uint32). Fields are only appended in later
+// versions.
 const (
 	agentMagic   = 'A'
-	agentVersion = 2
+	agentVersion = 3
 )
 
 // AppendAgentState appends the snapshot of agent id to dst, or returns dst and
@@ -65,6 +69,14 @@ func (p *Pipeline) AppendAgentState(dst []byte, id string) ([]byte, bool) {
 				dst = binary.AppendUvarint(dst, v)
 			}
 		}
+	}
+	for s := range 2 {
+		if a.open[s] {
+			dst = binary.AppendUvarint(dst, uint64(a.win[s].Unfamiliar))
+		}
+	}
+	for _, v := range a.probes {
+		dst = binary.LittleEndian.AppendUint32(dst, v)
 	}
 	return dst, true
 }
@@ -136,6 +148,28 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 			off += n
 		}
 	}
+	// Version 3: denied calls to unfamiliar items, and the probed items.
+	var probes features.Probes
+	if data[1] >= 3 {
+		for s := range 2 {
+			if open&(1<<s) == 0 {
+				continue
+			}
+			v, n := binary.Uvarint(data[off:])
+			if n <= 0 || v > math.MaxUint16 {
+				return fmt.Errorf("%w: agent %q: bad unfamiliar count", ErrState, id)
+			}
+			wins[s].Unfamiliar = uint16(v)
+			off += n
+		}
+		if off+4*len(probes) > len(data) {
+			return fmt.Errorf("%w: agent %q: truncated probes", ErrState, id)
+		}
+		for i := range probes {
+			probes[i] = binary.LittleEndian.Uint32(data[off:])
+			off += 4
+		}
+	}
 
 	c, ok := p.classes[className]
 	if !ok {
@@ -147,7 +181,7 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 		a = &agent{id: id}
 		p.agents[id] = a
 	}
-	a.class, a.seen, a.base = c, seen, base
+	a.class, a.seen, a.base, a.probes = c, seen, base, probes
 	a.persist, a.lastIdx = int(persist), lastIdx
 	a.open = [2]bool{}
 	for s := range 2 {

@@ -1,11 +1,14 @@
 package detector
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/vigil-sec/vigil/features"
 )
 
 // A pipeline restored from snapshots taken mid-stream (open windows
@@ -99,5 +102,60 @@ func TestRestoreRejectsGarbage(t *testing.T) {
 				t.Errorf("% x: agent %v, class %v: want ErrState", b, err, err2)
 			}
 		}
+	}
+}
+
+// An agent snapshot keeps the probed items and the open window's count of
+// denied calls to unfamiliar items (version 3), and a version-2 snapshot,
+// which has neither, still restores, with both empty.
+func TestAgentSnapshotVersions(t *testing.T) {
+	const id = "spiffe://bank.example/agent/worker-01"
+	events := []ev{
+		{id: "a", agent: id, target: "ledger", action: "read", ts: t0},
+		{id: "b", agent: id, target: "iam", action: "policy.attach", decision: "deny", ts: t0.Add(time.Second)},
+		{id: "c", agent: id, target: "iam", action: "policy.attach", decision: "deny", ts: t0.Add(2 * time.Second)},
+	}
+	_, p := run(t, DefaultConfig(), nil)
+	for _, e := range events {
+		if err := p.Process([]byte(e.json())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := p.agents[id]
+	var unfam uint16
+	for s := range 2 {
+		if a.open[s] {
+			unfam += a.win[s].Unfamiliar
+		}
+	}
+	if unfam != 2 || a.probes == (features.Probes{}) {
+		t.Fatalf("before the snapshot: %d unfamiliar denials, probes %v", unfam, a.probes)
+	}
+	snap, _ := p.AppendAgentState(nil, id)
+
+	q, _ := NewPipeline(DefaultConfig(), nil)
+	if err := q.RestoreAgent(snap); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := q.AppendAgentState(nil, id); !bytes.Equal(again, snap) {
+		t.Errorf("version 3 does not round-trip")
+	}
+
+	// Version 2: the same bytes without the version-3 tail (one uvarint per
+	// open window, four uint32).
+	v2 := append([]byte(nil), snap[:len(snap)-1-16]...)
+	v2[1] = 2
+	r, _ := NewPipeline(DefaultConfig(), nil)
+	if err := r.RestoreAgent(v2); err != nil {
+		t.Fatalf("version 2: %v", err)
+	}
+	ra := r.agents[id]
+	for s := range 2 {
+		if ra.open[s] && ra.win[s].Unfamiliar != 0 {
+			t.Errorf("version 2: window %d has %d unfamiliar denials", s, ra.win[s].Unfamiliar)
+		}
+	}
+	if ra.probes != (features.Probes{}) {
+		t.Errorf("version 2: probes %v", ra.probes)
 	}
 }

@@ -16,22 +16,23 @@ type Feature int
 // binomial (Value = successes, Trials = events); "per event" features are
 // means over the events that carried the field (Trials = how many did).
 const (
-	EventCount      Feature = iota // events in the window
-	DistinctTargets                // share of calls that reached another distinct target: (distinct−1)/(events−1)
-	NewTargets                     // targets this agent had not used before
-	NewActions                     // actions this agent had not used before
-	NewCredentials                 // credential ids this agent had not used before
-	NewSources                     // source addresses this agent had not used before
-	NewToPeers                     // targets, actions, credentials or sources new to the whole peer group too
-	ActionMix                      // Jensen–Shannon distance of the action mix from the agent's usual mix (filled by models)
-	DenyRate                       // decision=deny
-	ErrorRate                      // status error or timeout
-	BytesOut                       // bytes_out per event
-	BytesIn                        // bytes_in per event
-	Latency                        // latency_ms per successful call (geometric mean)
-	Amount                         // amount per money-moving event
-	RestrictedShare                // data_class=restricted
-	WeakAuthShare                  // auth none/apikey, or attested=false
+	EventCount       Feature = iota // events in the window
+	DistinctTargets                 // share of calls that reached another distinct target: (distinct−1)/(events−1)
+	NewTargets                      // targets this agent had not used before
+	NewActions                      // actions this agent had not used before
+	NewCredentials                  // credential ids this agent had not used before
+	NewSources                      // source addresses this agent had not used before
+	NewToPeers                      // targets, actions, credentials or sources new to the whole peer group too
+	ActionMix                       // Jensen–Shannon distance of the action mix from the agent's usual mix (filled by models)
+	DenyRate                        // decision=deny
+	ErrorRate                       // status error or timeout
+	BytesOut                        // bytes_out per event
+	BytesIn                         // bytes_in per event
+	Latency                         // latency_ms per successful call (geometric mean)
+	Amount                          // amount per money-moving event
+	RestrictedShare                 // data_class=restricted
+	WeakAuthShare                   // auth none/apikey, or attested=false
+	DeniedUnfamiliar                // denied calls to a target or action the agent has never been allowed
 	NumFeatures
 )
 
@@ -39,7 +40,7 @@ var featureNames = [NumFeatures]string{
 	"event_count", "distinct_target_share", "new_targets", "new_actions", "new_credentials",
 	"new_src_addresses", "new_to_peer_group", "action_mix_jsd", "deny_rate", "error_rate",
 	"bytes_out_per_event", "bytes_in_per_event", "latency_ms", "amount_per_event",
-	"restricted_share", "weak_auth_share",
+	"restricted_share", "weak_auth_share", "denied_unfamiliar",
 }
 
 func (f Feature) String() string {
@@ -60,7 +61,65 @@ const (
 	NewCredential
 	NewSource
 	NewPeerItem // at least one of the new items is new to the peer group too
+	Unfamiliar  // a denied call to a target or action the agent has not been allowed
 )
+
+// Probes remembers the last few targets and actions an agent was denied on
+// its first attempt and has not been allowed since, so that repeated denied
+// attempts at the same thing stay unfamiliar although the first one made it
+// "seen". 16 bytes per agent; a fifth probed item pushes out the oldest.
+//
+// A denied first attempt is what privilege probing looks like (an agent
+// trying what it was never granted); an agent's ordinary denials are of
+// things it normally does (an expired grant, a policy being rolled out), and
+// are counted by the deny rate.
+type Probes [4]uint32
+
+// Check reports whether e is a denied call to a target or action the agent
+// has never been allowed: new now (flags from Observe) or denied every time
+// since its first attempt. An allowed call forgets its target and action.
+func (pr *Probes) Check(e *Event, flags uint8) bool {
+	denied := e.Decision == Deny
+	if !denied && *pr == (Probes{}) {
+		return false
+	}
+	ft := uint32(Hash64(e.TargetID, seedTarget)>>32) | 1
+	fa := uint32(Hash64(e.Action, seedAction)>>32) | 1
+	if !denied {
+		for i, v := range pr {
+			if v == ft || v == fa {
+				pr[i] = 0
+			}
+		}
+		return false
+	}
+	hit := flags&(NewTarget|NewAction) != 0
+	for _, v := range pr {
+		if v == ft || v == fa {
+			hit = true
+		}
+	}
+	if flags&NewAction != 0 {
+		pr.put(fa)
+	} else if flags&NewTarget != 0 {
+		pr.put(ft)
+	}
+	return hit
+}
+
+func (pr *Probes) put(fp uint32) {
+	for i, v := range pr {
+		if v == fp {
+			return
+		}
+		if v == 0 {
+			pr[i] = fp
+			return
+		}
+	}
+	copy(pr[:], pr[1:])
+	pr[len(pr)-1] = fp
+}
 
 // Hash seeds per item kind, so equal strings of different kinds differ.
 const (
@@ -125,7 +184,8 @@ type Window struct {
 	targets    [8]uint64 // 512-bit linear-counting bitmap of target hashes
 	First      int64
 	Last       int64
-	Flags      uint8 // reserved for the runtime (e.g. which early alerts fired)
+	Flags      uint8  // reserved for the runtime (e.g. which early alerts fired)
+	Unfamiliar uint16 // denied calls flagged Unfamiliar (kept in the agent snapshot, version 3)
 }
 
 // Reset empties w and starts window idx.
@@ -177,6 +237,9 @@ func (w *Window) Add(e *Event, flags uint8, bucket int) {
 		w.AmountN++
 	}
 	if flags != 0 {
+		if flags&Unfamiliar != 0 && w.Unfamiliar < math.MaxUint16 {
+			w.Unfamiliar++
+		}
 		for i := range 5 {
 			if flags&(1<<i) != 0 && w.New[i] < math.MaxUint16 {
 				w.New[i]++
@@ -231,6 +294,7 @@ func (w *Window) Vector(size int64) Vector {
 	v.Value[NewCredentials] = float64(w.New[2])
 	v.Value[NewSources] = float64(w.New[3])
 	v.Value[NewToPeers] = float64(w.New[4])
+	v.Value[DeniedUnfamiliar] = float64(w.Unfamiliar)
 	v.Value[DenyRate], v.Trials[DenyRate] = float64(w.Deny), n
 	v.Value[ErrorRate], v.Trials[ErrorRate] = float64(w.Errors), n
 	v.Value[RestrictedShare], v.Trials[RestrictedShare] = float64(w.Restricted), float64(w.DataN)

@@ -20,11 +20,12 @@ const fiveMinutes = int64(5 * time.Minute)
 type replayAgent struct {
 	id, class string
 	seen      SeenSet
+	probes    Probes
 	wins      map[int64]*Window
 }
 
-// replay feeds a JSONL file through Decode → Observe → Window.Add, as the
-// detector does: one SeenSet per agent, one per peer group (agent_class, else
+// replay feeds a JSONL file through Decode → Observe → Probes.Check →
+// Window.Add, as the detector does: one SeenSet per agent, one per peer group (agent_class, else
 // derived from the id), one Window per agent and window index.
 func replay(t testing.TB, path string, size int64) []*replayAgent {
 	t.Helper()
@@ -61,6 +62,9 @@ func replay(t testing.TB, path string, size int64) []*replayAgent {
 			peers[a.class] = peer
 		}
 		flags, bucket := Observe(&e, &a.seen, peer)
+		if a.probes.Check(&e, flags) {
+			flags |= Unfamiliar
+		}
 		idx := WindowIndex(e.TS, size)
 		w := a.wins[idx]
 		if w == nil {
@@ -109,7 +113,7 @@ func renderVector(sb *strings.Builder, v Vector) {
 
 func renderReplay(agents []*replayAgent, size int64) string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "# testdata/window_events.jsonl in %s windows: Decode -> Observe -> Window.Add -> Vector\n", time.Duration(size))
+	fmt.Fprintf(&sb, "# testdata/window_events.jsonl in %s windows: Decode -> Observe -> Probes.Check -> Window.Add -> Vector\n", time.Duration(size))
 	for _, a := range agents {
 		fmt.Fprintf(&sb, "\nagent %s class %s\n", a.id, a.class)
 		for _, i := range a.indexes() {
@@ -167,6 +171,7 @@ func TestWindowsExpected(t *testing.T) {
 		n, distinct                     float64
 		newT, newA, newC, newS, newPeer float64
 		deny, errs, restr, dataN        float64
+		unfam                           float64 // denied calls to what the agent was never allowed
 		weak, weakN                     float64
 		outSum, outN, inSum, inN        float64
 		amtSum, amtN                    float64
@@ -187,7 +192,9 @@ func TestWindowsExpected(t *testing.T) {
 			{n: 6, distinct: 2, newT: 2, newA: 3, newC: 1, newS: 1, newPeer: 3, errs: 1, dataN: 6, weakN: 6,
 				outSum: 1000 + 1200 + 4000 + 300 + 0 + 1100, outN: 6, inSum: 200 + 220 + 50 + 80 + 40 + 210, inN: 6,
 				lat: []float64{10, 14, 3, 5, 12}, amtSum: 100 + 250.5 + 49.5, amtN: 3},
-			{n: 7, distinct: 4, newT: 3, newA: 4, newC: 1, newS: 1, newPeer: 4, deny: 2, errs: 2, restr: 4, dataN: 7,
+			// Both denied calls count as unfamiliar: the second repeats
+			// the first, which made the target "seen" but not allowed.
+			{n: 7, distinct: 4, newT: 3, newA: 4, newC: 1, newS: 1, newPeer: 4, deny: 2, unfam: 2, errs: 2, restr: 4, dataN: 7,
 				weak: 5, weakN: 7, outSum: 1000 + 150 + 150 + 250000 + 80000 + 0 + 1050, outN: 7, inSum: 200 + 205, inN: 7,
 				lat: []float64{10, 900, 11}, amtSum: 100 + 9999.99, amtN: 2},
 			// ev-38 arrives late (after ev-37) and carries amount 0: not a
@@ -200,7 +207,7 @@ func TestWindowsExpected(t *testing.T) {
 		b: {
 			{n: 2, distinct: 2, newT: 2, newA: 2, newC: 1, newS: 1, newPeer: 1, dataN: 2, weakN: 2,
 				outSum: 900 + 3900, outN: 2, inSum: 190 + 60, inN: 2, lat: []float64{11, 4}, amtSum: 75, amtN: 1},
-			{n: 3, distinct: 3, newT: 1, newA: 1, deny: 1, restr: 1, dataN: 3, weakN: 3,
+			{n: 3, distinct: 3, newT: 1, newA: 1, deny: 1, unfam: 1, restr: 1, dataN: 3, weakN: 3,
 				outSum: 950 + 4100 + 0, outN: 3, inSum: 180 + 55 + 0, inN: 3, lat: []float64{9, 4}, amtSum: 120, amtN: 1},
 			// ev-39: escaped target and action, ts with +01:00 offset; the
 			// same ledger call as usual.
@@ -215,7 +222,7 @@ func TestWindowsExpected(t *testing.T) {
 				outSum: 120 + 130 + 90000, outN: 3, inSum: 5000 + 7000 + 300, inN: 3, lat: []float64{200, 250, 800}},
 			{n: 3, distinct: 2, dataN: 3, weakN: 3,
 				outSum: 125 + 128 + 91000, outN: 3, inSum: 6000 + 6500 + 310, inN: 3, lat: []float64{220, 230, 780}},
-			{n: 5, distinct: 3, newT: 1, newA: 1, newC: 1, newS: 1, newPeer: 1, deny: 1, dataN: 4, weakN: 4,
+			{n: 5, distinct: 3, newT: 1, newA: 1, newC: 1, newS: 1, newPeer: 1, deny: 1, unfam: 1, dataN: 4, weakN: 4,
 				outSum: 126 + 0 + 127 + 90500, outN: 4, inSum: 6100 + 0 + 6300 + 305, inN: 4, lat: []float64{210, 240, 790}},
 		},
 	}
@@ -256,7 +263,7 @@ func TestWindowsExpected(t *testing.T) {
 					{EventCount, x.n, 0}, {DistinctTargets, distinct, distinctTrials},
 					{NewTargets, x.newT, 0}, {NewActions, x.newA, 0}, {NewCredentials, x.newC, 0},
 					{NewSources, x.newS, 0}, {NewToPeers, x.newPeer, 0}, {ActionMix, 0, 0},
-					{DenyRate, x.deny, x.n}, {ErrorRate, x.errs, x.n},
+					{DenyRate, x.deny, x.n}, {ErrorRate, x.errs, x.n}, {DeniedUnfamiliar, x.unfam, 0},
 					{RestrictedShare, x.restr, x.dataN}, {WeakAuthShare, x.weak, x.weakN},
 					{BytesOut, mean(x.outSum, x.outN), x.outN}, {BytesIn, mean(x.inSum, x.inN), x.inN},
 					{Latency, lat, float64(len(x.lat))}, {Amount, mean(x.amtSum, x.amtN), x.amtN},
@@ -630,5 +637,44 @@ func TestWindowSnapshot(t *testing.T) {
 	}
 	if _, err := r.DecodeFrom(data[:10]); err == nil {
 		t.Error("short snapshot accepted")
+	}
+}
+
+// A denied first attempt is unfamiliar, and so is every denied retry of it
+// until the agent is allowed it; ordinary denials of familiar things are not.
+// Probes keeps the last four probed items.
+func TestProbes(t *testing.T) {
+	agent, peer := NewSeenSet(64), NewSeenSet(64)
+	var pr Probes
+	call := func(target, action string, decision Decision) bool {
+		t.Helper()
+		e := Event{TargetID: []byte(target), Action: []byte(action), Decision: decision}
+		flags, _ := Observe(&e, &agent, &peer)
+		return pr.Check(&e, flags)
+	}
+	steps := []struct {
+		target, action string
+		decision       Decision
+		want           bool
+	}{
+		{"ledger", "read", Allow, false},
+		{"ledger", "read", Deny, false},         // familiar, denied: the deny rate's business
+		{"iam", "policy.attach", Deny, true},    // first attempt
+		{"iam", "policy.attach", Deny, true},    // retried, still never allowed
+		{"ledger", "policy.attach", Deny, true}, // the action is still unfamiliar
+		{"iam", "policy.attach", Allow, false},  // granted now
+		{"iam", "policy.attach", Deny, false},   // familiar since
+		{"vault", "secret.read", Deny, true},
+		{"kms", "key.export", Deny, true},
+		{"hsm", "key.import", Deny, true},
+		{"ca", "cert.issue", Deny, true},
+		{"dns", "zone.write", Deny, true},     // a fifth probe pushes out the oldest (vault)
+		{"vault", "secret.read", Deny, false}, // forgotten, and seen by now
+		{"dns", "zone.write", Deny, true},
+	}
+	for i, s := range steps {
+		if got := call(s.target, s.action, s.decision); got != s.want {
+			t.Errorf("step %d %s %s %v: unfamiliar %v, want %v", i, s.target, s.action, s.decision, got, s.want)
+		}
 	}
 }

@@ -9,7 +9,7 @@ import (
 // Which features use which sub-model.
 var (
 	gaussFeatures = [...]features.Feature{features.ActionMix, features.BytesOut, features.BytesIn, features.Latency, features.Amount}
-	rareFeatures  = [...]features.Feature{features.NewTargets, features.NewActions, features.NewCredentials, features.NewSources, features.NewToPeers}
+	rareFeatures  = [...]features.Feature{features.NewTargets, features.NewActions, features.NewCredentials, features.NewSources, features.NewToPeers, features.DeniedUnfamiliar}
 	shareFeatures = [...]features.Feature{features.DistinctTargets, features.DenyRate, features.ErrorRate, features.RestrictedShare, features.WeakAuthShare}
 )
 

@@ -295,17 +295,19 @@ func (m *Model) Evaluate(v *features.Vector, a, p *Baseline, res *Result) {
 
 	// First-seen counts. An agent's own novelty is meaningless while it is
 	// still discovering its normal targets, so it is gated until warm; novelty
-	// to the whole peer group is scored from the first window.
+	// to the whole peer group, and denied calls to what the agent was never
+	// allowed, are scored from the first window (against the peers' rate).
 	for i := range numRare {
 		f := rareFeatures[i]
-		if f != features.NewToPeers && !warmAgent {
+		peerScored := f == features.NewToPeers || f == features.DeniedUnfamiliar
+		if !peerScored && !warmAgent {
 			continue
 		}
 		q, size := float64(a.rare[i].q), float64(a.rare[i].size)
-		if f == features.NewToPeers && warmPeer {
+		if peerScored && warmPeer {
 			q, size = blend(q, float64(p.rare[i].q)), blend(size, float64(p.rare[i].size))
 		}
-		q = math.Max(q, 1e-3)
+		q = math.Max(q, rareFloor(f))
 		size = math.Max(size, 1.5)
 		kk := v.Value[f]
 		pt := 1.0
@@ -333,6 +335,20 @@ func (m *Model) Evaluate(v *features.Vector, a, p *Baseline, res *Result) {
 		kk := v.Value[f]
 		res.set(f, kk/n, rate, zFromP(binomTail(kk, n, rate)))
 	}
+}
+
+// rareFloor is the least per-window probability of a first-seen feature. An
+// agent's ordinary novelty (a new target, a new address) is bounded at 1e-3:
+// about once in four days of windows, the most a few days of history can
+// tell apart. A denied call to something the agent was never allowed is
+// bounded at 1e-4, about what its slow-rate estimate resolves (a 21-day
+// half-life); neither an agent nor its peers do that in normal operation, so
+// a lone probe scores about 30 and two in an hour about 45 on their own.
+func rareFloor(f features.Feature) float64 {
+	if f == features.DeniedUnfamiliar {
+		return 1e-4
+	}
+	return 1e-3
 }
 
 func (r *Result) set(f features.Feature, value, expected, z float64) {
@@ -506,7 +522,7 @@ const cusumK = 1.5
 var sustainedFeatures = [...]features.Feature{
 	features.NewTargets, features.NewActions, features.NewCredentials, features.NewSources, features.NewToPeers,
 	features.DenyRate, features.ErrorRate, features.RestrictedShare, features.WeakAuthShare,
-	features.BytesOut, features.Amount,
+	features.BytesOut, features.Amount, features.DeniedUnfamiliar,
 }
 
 // minHours is how many complete hours an agent needs before its hour-level
@@ -644,7 +660,7 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 }
 
 // hourNovelty are the first-seen counts also summed hour by hour.
-var hourNovelty = [...]features.Feature{features.NewTargets, features.NewActions, features.NewToPeers}
+var hourNovelty = [...]features.Feature{features.NewTargets, features.NewActions, features.NewToPeers, features.DeniedUnfamiliar}
 
 func floorDiv(a, b int64) int64 {
 	q := a / b
@@ -805,7 +821,13 @@ func (m *Model) learn(v *features.Vector, b *Baseline, weight, js, slotAlpha flo
 				r.size = float32(k)
 			}
 		}
-		r.q += float32(a * (hit - float64(r.q)))
+		aq := a
+		if rareFeatures[i] == features.DeniedUnfamiliar {
+			// Probing is learned at the slow rate: one probe must not make
+			// the next one ten times less surprising for days.
+			aq = ewma(n, m.alphaSlow) * weight
+		}
+		r.q += float32(aq * (hit - float64(r.q)))
 	}
 	decay := 1 - a
 	for i := range numShare {

@@ -308,3 +308,42 @@ func BenchmarkLearn(b *testing.B) {
 		m.Learn(&v, nil, &a, &p, 1)
 	}
 }
+
+// A denied call to something the agent was never allowed is rarer than a new
+// target: with none in 2,000 windows one scores well above one new target;
+// an agent that probes every tenth window (a misconfigured retry loop) is
+// not surprised by it. The rate is learned slowly: after one probe the next
+// one is still about as surprising.
+func TestDeniedUnfamiliar(t *testing.T) {
+	m := newModel(t)
+	learn := func(every int64) *Baseline {
+		var a Baseline
+		for i := range int64(2000) {
+			v := vec(monday+i, 20, 1000)
+			if every > 0 && i%every == 0 {
+				v.Value[features.DeniedUnfamiliar] = 1
+			}
+			m.Learn(&v, nil, &a, nil, 1)
+		}
+		return &a
+	}
+	probe := vec(monday+2000, 20, 1000)
+	probe.Value[features.DeniedUnfamiliar] = 1
+	target := vec(monday+2000, 20, 1000)
+	target.Value[features.NewTargets] = 1
+
+	quiet := learn(0)
+	rp, rt := score(m, &probe, quiet, nil), score(m, &target, quiet, nil)
+	if rp.Z[features.DeniedUnfamiliar] < 3.5 || rp.Score <= rt.Score+5 {
+		t.Errorf("one probe: z %.2f, score %.1f; one new target: score %.1f", rp.Z[features.DeniedUnfamiliar], rp.Score, rt.Score)
+	}
+	m.Learn(&probe, &rp, quiet, nil, m.LearnWeight(rp.Score))
+	next := probe
+	next.Index++
+	if r := score(m, &next, quiet, nil); r.Z[features.DeniedUnfamiliar] < 3.2 {
+		t.Errorf("the probe after a probe: z %.2f, want ≥ 3.2 (learned at the fast rate it would be about 2.7)", r.Z[features.DeniedUnfamiliar])
+	}
+	if r := score(m, &probe, learn(10), nil); r.Z[features.DeniedUnfamiliar] > 1.5 {
+		t.Errorf("an agent that probes every tenth window: z %.2f, want ≤ 1.5", r.Z[features.DeniedUnfamiliar])
+	}
+}

@@ -82,7 +82,7 @@ func (b *Baseline) fields(c codec) {
 		c.f32(&g.slowVr)
 		c.u32(&g.n)
 	}
-	for i := range b.rare {
+	for i := range legacyRare {
 		c.f32(&b.rare[i].q)
 		c.f32(&b.rare[i].size)
 	}
@@ -111,7 +111,7 @@ func (b *Baseline) fields(c codec) {
 		c.f32(&b.mix[i])
 	}
 	c.f32(&b.mixN)
-	for i := range b.cusum {
+	for i := range legacySustained {
 		c.f32(&b.cusum[i])
 	}
 	c.f32(&b.cusumJoint)
@@ -119,7 +119,7 @@ func (b *Baseline) fields(c codec) {
 	c.i64(&b.hourIdx)
 	c.f32(&b.hourX)
 	c.f32(&b.hourM)
-	for i := range b.hourNew {
+	for i := range legacyHourNovelty {
 		c.f32(&b.hourNew[i])
 		c.f32(&b.hourNewExp[i])
 	}
@@ -128,7 +128,27 @@ func (b *Baseline) fields(c codec) {
 	c.u16(&b.hourN)
 	c.f32(&b.quietNum)
 	c.f32(&b.quietDen)
+	// Appended with denied_unfamiliar: its rare model, CUSUM and hour sum.
+	for i := legacyRare; i < numRare; i++ {
+		c.f32(&b.rare[i].q)
+		c.f32(&b.rare[i].size)
+	}
+	for i := legacySustained; i < len(b.cusum); i++ {
+		c.f32(&b.cusum[i])
+	}
+	for i := legacyHourNovelty; i < len(b.hourNew); i++ {
+		c.f32(&b.hourNew[i])
+		c.f32(&b.hourNewExp[i])
+	}
 }
+
+// The lengths of the arrays that snapshots held before denied_unfamiliar
+// was added; the items added since are appended at the end (see fields).
+const (
+	legacyRare        = 5
+	legacySustained   = 11
+	legacyHourNovelty = 3
+)
 
 type codec interface {
 	u8(*uint8)

@@ -185,3 +185,14 @@ CREATE TABLE IF NOT EXISTS audit (
 ) ENGINE = MergeTree
 PARTITION BY toYYYYMM(at)
 ORDER BY (topic, kafka_partition, seq);
+
+-- migration 2: windows: denied_unfamiliar
+
+-- ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS: on a database that has
+-- these columns already, these statements fail and can be skipped.
+
+ALTER TABLE windows ADD COLUMN denied_unfamiliar Float64 DEFAULT 0 AFTER z_weak_auth_share;
+
+ALTER TABLE windows ADD COLUMN expected_denied_unfamiliar Float64 DEFAULT 0 AFTER denied_unfamiliar;
+
+ALTER TABLE windows ADD COLUMN z_denied_unfamiliar Float64 DEFAULT 0 AFTER expected_denied_unfamiliar;

@@ -19,6 +19,18 @@ type migration struct {
 	version int
 	name    string
 	stmts   []string
+	columns []column // added after stmts, each only if missing
+}
+
+// column is one column a migration adds to an existing table. ClickHouse
+// 18.16 has no ADD COLUMN IF NOT EXISTS, so the sink looks the column up in
+// system.columns first.
+type column struct {
+	table, name, typ, after string
+}
+
+func (c column) alter() string {
+	return fmt.Sprintf("ALTER TABLE %s ADD COLUMN %s %s AFTER %s", c.table, c.name, c.typ, c.after)
 }
 
 // createMigrations is the bookkeeping table, created before any migration.
@@ -39,6 +51,10 @@ var windowFeatures = []string{
 	"bytes_out_per_event", "bytes_in_per_event", "latency_ms", "amount_per_event",
 	"restricted_share", "weak_auth_share",
 }
+
+// windowFeaturesV2 are the feature columns migration 2 added, in
+// features.Feature order after windowFeatures. Frozen too.
+var windowFeaturesV2 = []string{"denied_unfamiliar"}
 
 const severityEnum = `Enum8('none' = 0, 'info' = 1, 'warning' = 2, 'critical' = 3)`
 
@@ -173,7 +189,26 @@ CREATE TABLE IF NOT EXISTS audit (
 PARTITION BY toYYYYMM(at)
 ORDER BY (topic, kafka_partition, seq)`,
 	},
+}, {
+	version: 2,
+	name:    "windows: denied_unfamiliar",
+	columns: featureColumnsAfter(windowFeatures, windowFeaturesV2),
 }}
+
+// featureColumnsAfter returns the windows table's columns for the features
+// named, placed after those of the features before. Rows written before
+// read 0, as for a feature not scored.
+func featureColumnsAfter(before, names []string) []column {
+	var out []column
+	after := "z_" + before[len(before)-1]
+	for _, n := range names {
+		for _, c := range []string{n, "expected_" + n, "z_" + n} {
+			out = append(out, column{table: "windows", name: c, typ: "Float64 DEFAULT 0", after: after})
+			after = c
+		}
+	}
+	return out
+}
 
 func featureColumns(names []string) string {
 	var b strings.Builder
@@ -208,6 +243,13 @@ func Schema() string {
 		fmt.Fprintf(&b, "\n-- migration %d: %s\n", m.version, m.name)
 		for _, s := range m.stmts {
 			b.WriteString("\n" + s + ";\n")
+		}
+		if len(m.columns) > 0 {
+			b.WriteString("\n-- ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS: on a database that has\n")
+			b.WriteString("-- these columns already, these statements fail and can be skipped.\n")
+		}
+		for _, c := range m.columns {
+			b.WriteString("\n" + c.alter() + ";\n")
 		}
 	}
 	return b.String()

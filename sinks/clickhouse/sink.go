@@ -102,6 +102,18 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Sink, error) {
 	return s, nil
 }
 
+// addColumn adds c unless the table has it (a migration interrupted after
+// some of its columns, or two instances migrating at once).
+func (s *Sink) addColumn(ctx context.Context, c column) error {
+	var n uint64
+	err := s.conn.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = currentDatabase() AND table = ? AND name = ?",
+		c.table, c.name).Scan(&n)
+	if err != nil || n > 0 {
+		return err
+	}
+	return s.conn.Exec(ctx, c.alter())
+}
+
 // migrate applies the migrations not recorded in schema_migrations, in
 // order, recording each after its statements succeeded.
 func (s *Sink) migrate(ctx context.Context) error {
@@ -133,6 +145,11 @@ func (s *Sink) migrate(ctx context.Context) error {
 		}
 		for _, stmt := range m.stmts {
 			if err := s.conn.Exec(ctx, stmt); err != nil {
+				return classify(fmt.Sprintf("migration %d (%s)", m.version, m.name), err)
+			}
+		}
+		for _, c := range m.columns {
+			if err := s.addColumn(ctx, c); err != nil {
 				return classify(fmt.Sprintf("migration %d (%s)", m.version, m.name), err)
 			}
 		}

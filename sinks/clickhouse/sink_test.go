@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -42,13 +43,14 @@ func TestSchemaFileIsGenerated(t *testing.T) {
 	}
 }
 
-// Migration 1's feature columns are frozen; a new feature needs a new
+// The migrations' feature columns are frozen; a new feature needs a new
 // migration, and this test says so.
 func TestWindowFeatureColumnsCoverFeatures(t *testing.T) {
-	if len(windowFeatures) != int(features.NumFeatures) {
-		t.Fatalf("windows table has %d feature columns, features has %d: add a migration for the new ones", len(windowFeatures), features.NumFeatures)
+	cols := append(slices.Clone(windowFeatures), windowFeaturesV2...)
+	if len(cols) != int(features.NumFeatures) {
+		t.Fatalf("windows table has %d feature columns, features has %d: add a migration for the new ones", len(cols), features.NumFeatures)
 	}
-	for i, n := range windowFeatures {
+	for i, n := range cols {
 		if got := features.Feature(i).String(); got != n {
 			t.Errorf("feature %d is %q, the windows table's column %q", i, got, n)
 		}
@@ -117,8 +119,11 @@ func TestMigrationsAreIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	s2.Close()
-	if got, want := query(t, srv, cfg.Database, "SELECT version, name FROM schema_migrations ORDER BY version"),
-		fmt.Sprintf("%d\t%s\n", migrations[0].version, migrations[0].name); got != want {
+	var want string
+	for _, m := range migrations {
+		want += fmt.Sprintf("%d\t%s\n", m.version, m.name)
+	}
+	if got := query(t, srv, cfg.Database, "SELECT version, name FROM schema_migrations ORDER BY version"); got != want {
 		t.Errorf("schema_migrations:\n%s\nwant\n%s", got, want)
 	}
 	if got, want := query(t, srv, cfg.Database, "SHOW TABLES"),
@@ -259,7 +264,7 @@ func TestStoredRecords(t *testing.T) {
 	}
 	got = query(t, srv, cfg.Database, fmt.Sprintf(`SELECT hour_of_week, events, scored = ['event_count', 'distinct_target_share', 'new_targets', 'new_actions',
 		'new_credentials', 'new_src_addresses', 'new_to_peer_group', 'action_mix_jsd', 'deny_rate', 'error_rate', 'bytes_out_per_event',
-		'bytes_in_per_event', 'latency_ms', 'amount_per_event', 'restricted_share', 'weak_auth_share'], cold, new_targets, expected_new_targets, z_new_targets
+		'bytes_in_per_event', 'latency_ms', 'amount_per_event', 'restricted_share', 'weak_auth_share', 'denied_unfamiliar'], cold, new_targets, expected_new_targets, z_new_targets
 		FROM windows FINAL WHERE agent_id = '%s' AND window_start = '%s'`, agentPayments, dt(a.WindowStart)))
 	if want := fmt.Sprintf("%d\t240\t1\t0\t4\t0.25\t9.5\n", f.payWindow.HourOfWeek); got != want {
 		t.Errorf("window row: %q, want %q", got, want)
@@ -617,5 +622,38 @@ func BenchmarkWriteWindows(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "rows/s")
 		})
+	}
+}
+
+// A database made by a vigil from before migration 2 (windows without the
+// denied_unfamiliar columns, rows in it) is brought up to date: the columns
+// are added after the older feature columns, old rows read 0, and a column
+// already there (a migration interrupted half-way) is left alone.
+func TestMigrationAddsColumnsToOldDatabase(t *testing.T) {
+	t.Parallel()
+	srv := sinktest.SharedClickHouse(t)
+	cfg := DefaultConfig()
+	cfg.Addr = []string{srv.Addr()}
+	cfg.Database = fmt.Sprintf("t_old_schema_%d_%d", os.Getpid(), dbSeq.Add(1))
+	query(t, srv, "default", "CREATE DATABASE "+cfg.Database)
+	query(t, srv, cfg.Database, createMigrations)
+	for _, stmt := range migrations[0].stmts {
+		query(t, srv, cfg.Database, stmt)
+	}
+	query(t, srv, cfg.Database, fmt.Sprintf("INSERT INTO schema_migrations (version, name, applied_at) VALUES (1, '%s', now())", migrations[0].name))
+	query(t, srv, cfg.Database, "INSERT INTO windows (agent_id, window_start, events) VALUES ('old-agent', toDateTime('2026-03-02 09:00:00', 'UTC'), 7)")
+	first := migrations[1].columns[0]
+	query(t, srv, cfg.Database, first.alter()) // as if interrupted after one column
+	s, err := New(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	got := query(t, srv, cfg.Database, "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'windows' AND position(name, 'weak_auth_share') + position(name, 'denied_unfamiliar') > 0")
+	if want := "weak_auth_share\nexpected_weak_auth_share\nz_weak_auth_share\ndenied_unfamiliar\nexpected_denied_unfamiliar\nz_denied_unfamiliar\n"; got != want {
+		t.Errorf("columns:\n%s\nwant\n%s", got, want)
+	}
+	if got := query(t, srv, cfg.Database, "SELECT events, denied_unfamiliar, z_denied_unfamiliar FROM windows"); got != "7\t0\t0\n" {
+		t.Errorf("old row: %q", got)
 	}
 }
