@@ -226,6 +226,11 @@ func (p *Pipeline) Process(raw []byte) error {
 		a.cred = string(e.CredentialID)
 	}
 	flags, bucket := features.Observe(e, &a.seen, &a.class.seen)
+	if flags&(features.NewPeerItem|features.NewPeerAccess) == features.NewPeerItem && int(a.base.Windows) < p.cfg.Model.WarmWindows {
+		// A young agent's own credentials and addresses are new to its
+		// peers by necessity; the targets and actions it reaches are not.
+		flags &^= features.NewPeerItem
+	}
 	if a.probes.Check(e, flags) {
 		flags |= features.Unfamiliar
 	}

@@ -18,6 +18,7 @@ var t0 = time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC) // a Monday
 
 type ev struct {
 	id, agent, class, target, action, decision string
+	cred, src                                  string // omitted when empty
 	ts                                         time.Time
 	bytesOut                                   int
 }
@@ -29,8 +30,15 @@ func (e ev) json() string {
 	if e.class == "" {
 		e.class = "worker"
 	}
-	return fmt.Sprintf(`{"event_id":%q,"ts":%q,"agent_id":%q,"agent_class":%q,"target_id":%q,"action":%q,"decision":%q,"status":"ok","bytes_out":%d,"auth":"mtls","attested":true}`,
-		e.id, e.ts.UTC().Format(time.RFC3339Nano), e.agent, e.class, e.target, e.action, e.decision, e.bytesOut)
+	extra := ""
+	if e.cred != "" {
+		extra += fmt.Sprintf(`,"credential_id":%q`, e.cred)
+	}
+	if e.src != "" {
+		extra += fmt.Sprintf(`,"src_ip":%q`, e.src)
+	}
+	return fmt.Sprintf(`{"event_id":%q,"ts":%q,"agent_id":%q,"agent_class":%q,"target_id":%q,"action":%q,"decision":%q,"status":"ok","bytes_out":%d,"auth":"mtls","attested":true%s}`,
+		e.id, e.ts.UTC().Format(time.RFC3339Nano), e.agent, e.class, e.target, e.action, e.decision, e.bytesOut, extra)
 }
 
 // fleet writes n agents' steady traffic (about perHour events an hour each,
@@ -301,5 +309,49 @@ func TestMinSeverityOnlyFilters(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("with min_severity info: %d alerts at warning or worse, want the %d of a warning run", len(got), len(want))
+	}
+}
+
+// A new agent's own credential and address are new to its peer group by
+// necessity and do not count as new to the group while it is young; a
+// target none of its peers uses does.
+func TestYoungAgentIdentityNotNewToPeers(t *testing.T) {
+	withIdentity := func(evs []ev) []ev {
+		for i := range evs {
+			evs[i].cred = "cert:" + evs[i].agent
+			evs[i].src = "10.1.0." + evs[i].agent[len(evs[i].agent)-2:]
+		}
+		return evs
+	}
+	start := t0.Add(3 * 24 * time.Hour)
+	events := withIdentity(fleet(8, 60, t0, 3*24*time.Hour+time.Hour, 3))
+	like := withIdentity(fleet(1, 60, start, time.Hour, 4))
+	odd := withIdentity(fleet(1, 60, start, time.Hour, 5))
+	for i := range like {
+		like[i].agent, like[i].cred, like[i].src = "spiffe://bank.example/agent/worker-98", "cert:98", "10.1.0.98"
+	}
+	for i := range odd {
+		odd[i].agent, odd[i].cred, odd[i].src = "spiffe://bank.example/agent/worker-99", "cert:99", "10.1.0.99"
+		if i%3 == 0 {
+			odd[i].target = fmt.Sprintf("svc-unknown-%d", i)
+		}
+	}
+	peerNew := map[string]float64{}
+	p, err := NewPipeline(DefaultConfig(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.OnWindow(func(w *WindowScore) { peerNew[w.AgentID] += w.Vector.Value[features.NewToPeers] })
+	for _, e := range merge(events, merge(like, odd)) {
+		if err := p.Process([]byte(e.json())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Flush()
+	if n := peerNew["spiffe://bank.example/agent/worker-98"]; n != 0 {
+		t.Errorf("a newcomer like its peers: %v items new to the group, want 0", n)
+	}
+	if n := peerNew["spiffe://bank.example/agent/worker-99"]; n < 5 {
+		t.Errorf("a newcomer calling unknown targets: %v items new to the group, want its targets", n)
 	}
 }

@@ -60,8 +60,9 @@ const (
 	NewAction
 	NewCredential
 	NewSource
-	NewPeerItem // at least one of the new items is new to the peer group too
-	Unfamiliar  // a denied call to a target or action the agent has not been allowed
+	NewPeerItem   // at least one of the new items is new to the peer group too
+	Unfamiliar    // a denied call to a target or action the agent has not been allowed (set by the caller, see Probes)
+	NewPeerAccess // the target or the action is new to the peer group (NewPeerItem is set too)
 )
 
 // Probes remembers the last few targets and actions an agent was denied on
@@ -137,6 +138,9 @@ func Observe(e *Event, agent, peer *SeenSet) (flags uint8, bucket int) {
 	bucket = int(ah % ActionBuckets)
 	flags |= observe(Hash64(e.TargetID, seedTarget), NewTarget, agent, peer)
 	flags |= observe(ah, NewAction, agent, peer)
+	if flags&NewPeerItem != 0 {
+		flags |= NewPeerAccess
+	}
 	if len(e.CredentialID) > 0 {
 		flags |= observe(Hash64(e.CredentialID, seedCredential), NewCredential, agent, peer)
 	}

@@ -476,19 +476,20 @@ func TestObserve(t *testing.T) {
 		peer  *SeenSet
 		want  uint8
 	}{
-		{"first event: everything new to agent and group", e, &agent, &peer, NewTarget | NewAction | NewCredential | NewSource | NewPeerItem},
+		{"first event: everything new to agent and group", e, &agent, &peer, NewTarget | NewAction | NewCredential | NewSource | NewPeerItem | NewPeerAccess},
 		{"repeat: nothing new", e, &agent, &peer, 0},
 		{"peer's items: new to the agent only", e, &other, &peer, NewTarget | NewAction | NewCredential | NewSource},
-		{"one new item, new to the group too", Event{TargetID: e.TargetID, Action: []byte("refund")}, &agent, &peer, NewAction | NewPeerItem},
+		{"one new item, new to the group too", Event{TargetID: e.TargetID, Action: []byte("refund")}, &agent, &peer, NewAction | NewPeerItem | NewPeerAccess},
+		{"a new credential, new to the group: not access", Event{TargetID: e.TargetID, Action: e.Action, CredentialID: []byte("cert-2")}, &agent, &peer, NewCredential | NewPeerItem},
 		{"the peer then uses it", Event{TargetID: e.TargetID, Action: []byte("refund")}, &other, &peer, NewAction},
-		{"no credential or source: not checked", Event{TargetID: []byte("svc:fx"), Action: e.Action}, &agent, &peer, NewTarget | NewPeerItem},
-		{"same string as another kind is still new", Event{TargetID: []byte("transfer"), Action: e.Action}, &agent, &peer, NewTarget | NewPeerItem},
+		{"no credential or source: not checked", Event{TargetID: []byte("svc:fx"), Action: e.Action}, &agent, &peer, NewTarget | NewPeerItem | NewPeerAccess},
+		{"same string as another kind is still new", Event{TargetID: []byte("transfer"), Action: e.Action}, &agent, &peer, NewTarget | NewPeerItem | NewPeerAccess},
 		{"nil peer set", Event{TargetID: []byte("svc:new"), Action: e.Action}, &agent, nil, NewTarget},
 	}
 	for _, s := range steps {
 		flags, bucket := Observe(&s.e, s.agent, s.peer)
 		if flags != s.want {
-			t.Errorf("%s: flags %05b, want %05b", s.name, flags, s.want)
+			t.Errorf("%s: flags %07b, want %07b", s.name, flags, s.want)
 		}
 		if bucket < 0 || bucket >= ActionBuckets || bucket != int(Hash64(s.e.Action, seedAction)%ActionBuckets) {
 			t.Errorf("%s: bucket %d", s.name, bucket)

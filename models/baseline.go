@@ -217,14 +217,22 @@ func ratioBucket(x, mu float64) int {
 // ratioTail is the share of the agent's windows whose count was at least as
 // far above its seasonal expectation as x is above mu (by whole powers of
 // two): how often this agent has done this before, whatever a parametric
-// tail says. Bursty agents have a fat one; regular agents have none.
-func (b *Baseline) ratioTail(x, mu float64) float64 {
-	var t float64
+// tail says. Bursty agents have a fat one; regular agents have none. mass is
+// the histogram's total weight: it grows by the learning rate with every
+// window, toward 1 (a young agent's shares are normalised by it).
+func (b *Baseline) ratioTail(x, mu float64) (tail, mass float64) {
 	h := &b.ratio[quiet(mu)]
-	for i := ratioBucket(x, mu); i < len(h); i++ {
-		t += float64(h[i])
+	from := ratioBucket(x, mu)
+	for i, v := range h {
+		mass += float64(v)
+		if i >= from {
+			tail += float64(v)
+		}
 	}
-	return t
+	if mass > 0 {
+		tail /= mass
+	}
+	return tail, mass
 }
 
 // quiet separates the ratio histograms of silent slots (under 0.1 events per

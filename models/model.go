@@ -238,7 +238,15 @@ func (m *Model) Evaluate(v *features.Vector, a, p *Baseline, res *Result) {
 	if k > mu {
 		// An agent that has often been this far above its expectation
 		// (bursts) is not surprising, whatever the negative binomial says.
-		pc = math.Max(pc, a.ratioTail(k, mu))
+		// A young agent has not had time to burst: its peers' bursts stand
+		// in for its own until its histogram holds about a day of windows.
+		t, mass := a.ratioTail(k, mu)
+		if warmPeer {
+			pt, _ := p.ratioTail(k, mu)
+			w := mass / (mass + m.alphaFast*m.windowsPerHour*24)
+			t = w*t + (1-w)*pt
+		}
+		pc = math.Max(pc, t)
 	}
 	res.set(features.EventCount, k, mu, zFromP(pc))
 

@@ -347,3 +347,40 @@ func TestDeniedUnfamiliar(t *testing.T) {
 		t.Errorf("an agent that probes every tenth window: z %.2f, want ≤ 1.5", r.Z[features.DeniedUnfamiliar])
 	}
 }
+
+// A young agent has not had time to burst: until its own record holds about
+// a day of windows, its peers' bursts stand in for its own. A burst of the
+// size its bursty peers show is not alarming; the same burst is when its
+// peers never burst.
+func TestYoungAgentBorrowsPeerBursts(t *testing.T) {
+	m := newModel(t)
+	peers := func(bursty bool) *Baseline {
+		var p Baseline
+		for i := range int64(4000) {
+			n := 2.0
+			if bursty && i%20 < 2 {
+				n = 24
+			}
+			v := vec(monday+i/8, n, 1000) // eight agents' windows
+			m.Learn(&v, nil, &p, nil, 1)
+		}
+		return &p
+	}
+	young := func(p *Baseline) *Baseline {
+		var a Baseline
+		for i := range int64(100) {
+			v := vec(monday+i, 2, 1000)
+			m.Learn(&v, nil, &a, p, 1)
+		}
+		return &a
+	}
+	burst := vec(monday+100, 24, 1000)
+	bp, rp := peers(true), peers(false)
+	rb := score(m, &burst, young(bp), bp)
+	rr := score(m, &burst, young(rp), rp)
+	// (The peers' dispersion alone brings the first to about 19; their
+	// burst record to about 3.)
+	if rb.Score >= 10 || rr.Score < 60 {
+		t.Errorf("a young agent's burst scored %.1f among bursty peers (want < 10), %.1f among regular ones (want ≥ 60)", rb.Score, rr.Score)
+	}
+}
