@@ -90,6 +90,8 @@ type Baseline struct {
 	hourNew, hourNewExp [len(hourNovelty)]float32
 	hourNum, hourDen    float32
 	hourN               uint16
+	// Calls, calls of each kind in hourShares and their expectation, this hour.
+	hourShareK, hourShareN, hourShareExp [len(hourShares)]float32
 }
 
 func slotOf(hourOfWeek int) int {

@@ -339,10 +339,22 @@ func (m *Model) Evaluate(v *features.Vector, a, p *Baseline, res *Result) {
 			prior = (float64(p.share[i].k) + 0.2) / (float64(p.share[i].n) + 10)
 		}
 		rate := (float64(a.share[i].k) + 20*prior) / (float64(a.share[i].n) + 20)
-		rate = math.Min(0.98, math.Max(0.002, rate))
+		rate = math.Min(0.98, math.Max(shareFloor(f), rate))
 		kk := v.Value[f]
 		res.set(f, kk/n, rate, zFromP(binomTail(kk, n, rate)))
 	}
+}
+
+// shareFloor is the least per-call rate of a share feature. Denials, errors
+// and repeated targets have a background in any agent's traffic, so their
+// rates are not trusted below 0.2 %; restricted data and weak or unattested
+// authentication are properties an agent and its peers may never show, and
+// an agent with none in thousands of calls is credited down to 0.02 %.
+func shareFloor(f features.Feature) float64 {
+	if f == features.WeakAuthShare || f == features.RestrictedShare {
+		return 2e-4
+	}
+	return 0.002
 }
 
 // rareFloor is the least per-window probability of a first-seen feature. An
@@ -617,6 +629,7 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 		a.hourIdx, a.hourX = hour, 0
 		clear(a.hourNew[:])
 		clear(a.hourNewExp[:])
+		a.clearHourShares()
 	}
 	// The whole hour's expectation: the count so far can only grow, so its
 	// tail under the whole hour's distribution bounds the final p-value from
@@ -652,6 +665,26 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 			p, bf, hourly, hourVal, hourExp = ph, f, f.String()+"_this_hour", x, lam
 		}
 	}
+	// Denied, restricted and weak-auth calls over the hour so far against
+	// the agent's rate, with the per-window overdispersion: for an agent of
+	// a few calls a window, one such call in three for half an hour is
+	// plain in the hour's sum and lost in any window's.
+	for i, f := range hourShares {
+		if !res.Scored[f] {
+			continue
+		}
+		n := v.Trials[f]
+		a.hourShareK[i] += float32(v.Value[f])
+		a.hourShareN[i] += float32(n)
+		a.hourShareExp[i] += float32(res.Expected[f] * n)
+		if v.Value[f] == 0 {
+			continue
+		}
+		k, nn, e := float64(a.hourShareK[i]), float64(a.hourShareN[i]), float64(a.hourShareExp[i])
+		if ph := math.Min(1, effectiveTests*binomTail(k, nn, e/nn)); ph < p {
+			p, bf, hourly, hourVal, hourExp = ph, f, f.String()+"_this_hour", k, e
+		}
+	}
 	if bf < 0 {
 		return
 	}
@@ -666,6 +699,9 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 		r.Z = round(zFromP(p / effectiveTests))
 	}
 }
+
+// hourShares are the shares also summed hour by hour.
+var hourShares = [...]features.Feature{features.DenyRate, features.RestrictedShare, features.WeakAuthShare}
 
 // hourNovelty are the first-seen counts also summed hour by hour.
 var hourNovelty = [...]features.Feature{features.NewTargets, features.NewActions, features.NewToPeers, features.DeniedUnfamiliar}
@@ -687,6 +723,13 @@ func (b *Baseline) ClearSustained() {
 	b.hourX = 0
 	clear(b.hourNew[:])
 	clear(b.hourNewExp[:])
+	b.clearHourShares()
+}
+
+func (b *Baseline) clearHourShares() {
+	clear(b.hourShareK[:])
+	clear(b.hourShareN[:])
+	clear(b.hourShareExp[:])
 }
 
 // Top returns the feature that explains res best: the sustained one if any,

@@ -384,3 +384,49 @@ func TestYoungAgentBorrowsPeerBursts(t *testing.T) {
 		t.Errorf("a young agent's burst scored %.1f among bursty peers (want < 10), %.1f among regular ones (want ≥ 60)", rb.Score, rr.Score)
 	}
 }
+
+// A low-rate agent that has never authenticated weakly, and now does so for
+// one call in three for half an hour, shows it in the hour's sum although no
+// window alone is alarming; an agent that often uses an API key does not.
+func TestHourShares(t *testing.T) {
+	m := newModel(t)
+	run := func(usual float64) (maxWindow, maxSustained float64) {
+		var a Baseline
+		rng := rand.New(rand.NewPCG(1, 2))
+		idx := monday
+		for range 3000 {
+			v := vec(idx, 3, 1000)
+			if rng.Float64() < 3*usual {
+				v.Value[features.WeakAuthShare] = 1
+			}
+			res := score(m, &v, &a, nil)
+			m.Sustain(&a, &v, &res)
+			m.Learn(&v, &res, &a, nil, m.LearnWeight(res.Score))
+			idx++
+		}
+		for idx%12 != 0 { // start at the top of an hour
+			v := vec(idx, 3, 1000)
+			res := score(m, &v, &a, nil)
+			m.Sustain(&a, &v, &res)
+			m.Learn(&v, &res, &a, nil, 1)
+			idx++
+		}
+		for range 6 {
+			v := vec(idx, 3, 1000)
+			v.Value[features.WeakAuthShare] = 1
+			res := score(m, &v, &a, nil)
+			maxWindow = math.Max(maxWindow, res.Score)
+			m.Sustain(&a, &v, &res)
+			maxSustained = math.Max(maxSustained, res.Score)
+			m.Learn(&v, &res, &a, nil, m.LearnWeight(res.Score))
+			idx++
+		}
+		return maxWindow, maxSustained
+	}
+	if w, s := run(0); w >= 40 || s < 60 {
+		t.Errorf("never weak before: windows scored up to %.1f (want < 40), the hour %.1f (want ≥ 60)", w, s)
+	}
+	if _, s := run(0.1); s >= 40 {
+		t.Errorf("weak one call in ten before: the hour scored %.1f, want < 40", s)
+	}
+}

@@ -140,6 +140,11 @@ func (b *Baseline) fields(c codec) {
 		c.f32(&b.hourNew[i])
 		c.f32(&b.hourNewExp[i])
 	}
+	for i := range b.hourShareK {
+		c.f32(&b.hourShareK[i])
+		c.f32(&b.hourShareN[i])
+		c.f32(&b.hourShareExp[i])
+	}
 }
 
 // The lengths of the arrays that snapshots held before denied_unfamiliar
