@@ -19,7 +19,7 @@ import (
 //
 // Dedup is not safe for concurrent use.
 type Dedup struct {
-	cur, prev map[uint64]struct{}
+	cur, prev idSet
 	genStart  int64
 	gen       uint64 // number of the current generation (rotations so far)
 	horizon   int64
@@ -36,33 +36,101 @@ func NewDedup(horizon int64, capacity int) *Dedup {
 	if capacity < 16 {
 		capacity = 16
 	}
-	return &Dedup{
-		cur:     make(map[uint64]struct{}, capacity/4),
-		prev:    make(map[uint64]struct{}, capacity/4),
-		horizon: horizon,
-		cap:     capacity,
+	return &Dedup{horizon: horizon, cap: capacity}
+}
+
+// idSet is an open-addressing set of non-zero 64-bit hashes with linear
+// probing, at most half full: it grows by doubling and keeps its size when
+// cleared, so a generation costs one allocation per doubling and none in
+// steady state. Lookups of absent keys (the common case) stop at the first
+// empty slot.
+type idSet struct {
+	slots []uint64
+	n     int
+}
+
+// key maps the hash 0, which marks an empty slot, to 1.
+func key(h uint64) uint64 { return h | uint64(bool2int(h == 0)) }
+
+func bool2int(b bool) int {
+	if b {
+		return 1
 	}
+	return 0
+}
+
+func (s *idSet) has(h uint64) bool {
+	if s.n == 0 {
+		return false
+	}
+	mask := uint64(len(s.slots) - 1)
+	for i := h & mask; ; i = (i + 1) & mask {
+		switch s.slots[i] {
+		case h:
+			return true
+		case 0:
+			return false
+		}
+	}
+}
+
+// add inserts h, which must not be in s.
+func (s *idSet) add(h uint64) {
+	if 2*(s.n+1) > len(s.slots) {
+		s.grow()
+	}
+	mask := uint64(len(s.slots) - 1)
+	i := h & mask
+	for s.slots[i] != 0 {
+		i = (i + 1) & mask
+	}
+	s.slots[i] = h
+	s.n++
+}
+
+func (s *idSet) grow() {
+	old := s.slots
+	s.slots = make([]uint64, max(64, 2*len(old)))
+	s.n = 0
+	for _, h := range old {
+		if h != 0 {
+			s.add(h)
+		}
+	}
+}
+
+func (s *idSet) clear() {
+	if s.n > 0 {
+		clear(s.slots)
+		s.n = 0
+	}
+}
+
+func (s *idSet) appendTo(dst []byte) []byte {
+	for _, h := range s.slots {
+		if h != 0 {
+			dst = binary.LittleEndian.AppendUint64(dst, h)
+		}
+	}
+	return dst
 }
 
 // Seen reports whether id (hashed) was seen within the horizon, and records it.
 func (d *Dedup) Seen(id []byte, ts int64) bool {
-	h := Hash64(id, 0x5eed)
-	if _, ok := d.cur[h]; ok {
+	h := key(Hash64(id, 0x5eed))
+	if d.cur.has(h) || d.prev.has(h) {
 		return true
 	}
-	if _, ok := d.prev[h]; ok {
-		return true
-	}
-	if len(d.cur) >= d.cap || ts-d.genStart > d.horizon {
+	if d.cur.n >= d.cap || ts-d.genStart > d.horizon {
 		d.prev, d.cur = d.cur, d.prev
-		clear(d.cur)
+		d.cur.clear()
 		d.genStart = ts
 		d.gen++
 		if d.journal {
 			d.addedPrev, d.added = d.added, d.addedPrev[:0]
 		}
 	}
-	d.cur[h] = struct{}{}
+	d.cur.add(h)
 	if d.journal {
 		d.added = append(d.added, h)
 	}
@@ -70,7 +138,7 @@ func (d *Dedup) Seen(id []byte, ts int64) bool {
 }
 
 // Len returns the number of ids remembered.
-func (d *Dedup) Len() int { return len(d.cur) + len(d.prev) }
+func (d *Dedup) Len() int { return d.cur.n + d.prev.n }
 
 // Generation returns the number of the current generation (how many times
 // the generations have rotated) and the event time it started at. The
@@ -96,14 +164,10 @@ func (d *Dedup) TakeJournal() (gen uint64, cur, prev []uint64) {
 // previous one when previous is set, 8 bytes each (little endian), in no
 // particular order.
 func (d *Dedup) AppendGeneration(dst []byte, previous bool) []byte {
-	g := d.cur
 	if previous {
-		g = d.prev
+		return d.prev.appendTo(dst)
 	}
-	for h := range g {
-		dst = binary.LittleEndian.AppendUint64(dst, h)
-	}
-	return dst
+	return d.cur.appendTo(dst)
 }
 
 // AppendHashes appends hashes to dst as AppendGeneration does.
@@ -124,22 +188,21 @@ var ErrDedupSnapshot = errors.New("bad dedup snapshot")
 // are kept whole (the next generation rotates at once). The journal is
 // emptied.
 func (d *Dedup) Restore(gen uint64, start int64, cur, prev [][]byte) error {
-	var gens [2]map[uint64]struct{}
+	var gens [2]idSet
 	for i, pieces := range [2][][]byte{cur, prev} {
-		n := 0
 		for _, p := range pieces {
 			if len(p)%8 != 0 {
 				return fmt.Errorf("%w: %d bytes is not a number of hashes", ErrDedupSnapshot, len(p))
 			}
-			n += len(p) / 8
 		}
-		g := make(map[uint64]struct{}, max(n, d.cap/4))
+		g := &gens[i]
 		for _, p := range pieces {
 			for off := 0; off < len(p); off += 8 {
-				g[binary.LittleEndian.Uint64(p[off:])] = struct{}{}
+				if h := key(binary.LittleEndian.Uint64(p[off:])); !g.has(h) {
+					g.add(h)
+				}
 			}
 		}
-		gens[i] = g
 	}
 	d.cur, d.prev, d.gen, d.genStart = gens[0], gens[1], gen, start
 	d.added, d.addedPrev = d.added[:0], d.addedPrev[:0]

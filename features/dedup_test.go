@@ -11,10 +11,8 @@ func idOf(i int) []byte { return strconv.AppendInt([]byte("evt-"), int64(i), 10)
 
 // remembered reports whether d holds id, without recording it.
 func remembered(d *Dedup, id []byte) bool {
-	h := Hash64(id, 0x5eed)
-	_, inCur := d.cur[h]
-	_, inPrev := d.prev[h]
-	return inCur || inPrev
+	h := key(Hash64(id, 0x5eed))
+	return d.cur.has(h) || d.prev.has(h)
 }
 
 var t0 = time.Date(2026, 3, 2, 9, 0, 0, 0, time.UTC).UnixNano()
@@ -252,5 +250,44 @@ func TestDedupIncrementalRestore(t *testing.T) {
 	}
 	if err := NewDedup(int64(h), 256).Restore(1, 0, [][]byte{make([]byte, 7)}, nil); !errors.Is(err, ErrDedupSnapshot) {
 		t.Errorf("7 bytes: %v, want ErrDedupSnapshot", err)
+	}
+}
+
+// The set behind each generation: every added hash is found, absent ones
+// are not, the hash 0 is a key like any other, growth and clearing keep it
+// exact.
+func TestIDSet(t *testing.T) {
+	var s idSet
+	if s.has(key(42)) {
+		t.Fatal("empty set has 42")
+	}
+	for round := range 3 {
+		want := map[uint64]bool{}
+		for i := range 5000 {
+			h := key(Hash64(idOf(i*7+round), 1))
+			if i == 17 {
+				h = key(0)
+			}
+			if !s.has(h) {
+				s.add(h)
+			}
+			want[h] = true
+		}
+		if s.n != len(want) || 2*s.n > len(s.slots) {
+			t.Fatalf("round %d: %d held in %d slots, want %d at most half full", round, s.n, len(s.slots), len(want))
+		}
+		for h := range want {
+			if !s.has(h) {
+				t.Fatalf("round %d: %x lost", round, h)
+			}
+		}
+		if s.has(key(Hash64([]byte("never added"), 1))) {
+			t.Fatalf("round %d: found a hash never added", round)
+		}
+		size := len(s.slots)
+		s.clear()
+		if s.n != 0 || len(s.slots) != size || s.has(key(0)) {
+			t.Fatalf("round %d: clear left %d, resized to %d", round, s.n, len(s.slots))
+		}
 	}
 }
