@@ -163,6 +163,21 @@ func zFromP(p float64) float64 {
 	return math.Min(zMax, -distuv.UnitNormal.Quantile(p))
 }
 
+// spikeTail is the upper tail of a Gaussian feature's z: normal up to 3σ,
+// exponential beyond, continuing the normal tail's slope there (Huber's
+// least-favourable shape). Sizes, latencies and amounts are not Gaussian far
+// out: a download thirty times the usual, once in a few weeks of a peer
+// group's windows, is rare, not a one-in-ten-billion event (z = 6.5 is
+// p ≈ 3·10⁻⁸ here, 4·10⁻¹¹ for a normal). The spike tails each agent learns
+// (Baseline.tail) take over once it or its peers have shown such spikes.
+func spikeTail(z float64) float64 {
+	const knee = 3
+	if z <= knee {
+		return pFromZ(z)
+	}
+	return pFromZ(knee) * math.Exp(-knee*(z-knee))
+}
+
 // pFromZ is the upper normal tail.
 func pFromZ(z float64) float64 { return 0.5 * math.Erfc(z/math.Sqrt2) }
 
@@ -290,7 +305,7 @@ func (m *Model) Evaluate(v *features.Vector, a, p *Baseline, res *Result) {
 		// such a spike (a slow ramp) gets no such allowance.
 		zs := 0.8 * (y - smean) / math.Sqrt(svr+floor)
 		if b := tailBucket(z); b >= 0 {
-			pt := math.Max(pFromZ(math.Max(z, zs)), float64(a.tail[i][b]))
+			pt := math.Max(spikeTail(math.Max(z, zs)), float64(a.tail[i][b]))
 			if warmPeer {
 				pt = math.Max(pt, float64(p.tail[i][b]))
 			}
@@ -651,6 +666,9 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 	// the per-window compound model already allows for novelty coming in
 	// clumps): a lateral movement that touches two or three new targets per
 	// window adds up to more than any one window shows.
+	var hd2, hTopZ float64
+	hk := 0
+	hTop := features.Feature(-1)
 	for i, f := range hourNovelty {
 		if !res.Scored[f] {
 			continue
@@ -661,7 +679,13 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 			continue
 		}
 		x, lam := float64(a.hourNew[i]), float64(a.hourNewExp[i])
-		if ph := math.Min(1, effectiveTests*countTail(x, lam, 0.25)); ph < p {
+		raw := countTail(x, lam, 0.25)
+		hz := zFromP(raw)
+		hd2, hk = hd2+hz*hz, hk+1
+		if hz > hTopZ {
+			hTop, hTopZ = f, hz
+		}
+		if ph := math.Min(1, effectiveTests*raw); ph < p {
 			p, bf, hourly, hourVal, hourExp = ph, f, f.String()+"_this_hour", x, lam
 		}
 	}
@@ -681,8 +705,23 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 			continue
 		}
 		k, nn, e := float64(a.hourShareK[i]), float64(a.hourShareN[i]), float64(a.hourShareExp[i])
-		if ph := math.Min(1, effectiveTests*binomTail(k, nn, e/nn)); ph < p {
+		raw := binomTail(k, nn, e/nn)
+		hz := zFromP(raw)
+		hd2, hk = hd2+hz*hz, hk+1
+		if hz > hTopZ {
+			hTop, hTopZ = f, hz
+		}
+		if ph := math.Min(1, effectiveTests*raw); ph < p {
 			p, bf, hourly, hourVal, hourExp = ph, f, f.String()+"_this_hour", k, e
+		}
+	}
+	// The hour's sums together: Σz² of the hour sums this window adds to,
+	// against χ² (as Finish does for a window's features), for a probe
+	// whose two denials, three targets new to the group and restricted reads
+	// are each short of alarming on their own.
+	if hk >= 2 && hd2 > float64(hk) && hTop >= 0 {
+		if pj := math.Min(1, 2*distuv.ChiSquared{K: float64(hk)}.Survival(hd2)); pj < p {
+			p, bf, hourly, hourVal, hourExp = pj, hTop, "joint_this_hour", hd2, float64(hk)
 		}
 	}
 	if bf < 0 {

@@ -430,3 +430,64 @@ func TestHourShares(t *testing.T) {
 		t.Errorf("weak one call in ten before: the hour scored %.1f, want < 40", s)
 	}
 }
+
+// The spike tail is the normal tail up to 3σ and continues it smoothly and
+// monotonically beyond, heavier: 6.5σ is rare, not impossible.
+func TestSpikeTail(t *testing.T) {
+	for _, z := range []float64{0, 1, 2, 2.99} {
+		if got, want := spikeTail(z), pFromZ(z); got != want {
+			t.Errorf("spikeTail(%v) = %g, want the normal tail %g", z, got, want)
+		}
+	}
+	if a, b := spikeTail(3-1e-9), spikeTail(3+1e-9); math.Abs(a-b) > 1e-7*a {
+		t.Errorf("not continuous at the knee: %g vs %g", a, b)
+	}
+	prev := 1.0
+	for z := 0.0; z < 20; z += 0.25 {
+		p := spikeTail(z)
+		if p > prev || p <= 0 {
+			t.Fatalf("spikeTail(%v) = %g after %g: want decreasing and positive", z, p, prev)
+		}
+		prev = p
+	}
+	if p := spikeTail(6.5); p < 1e-8 || p > 1e-7 || p < 100*pFromZ(6.5) {
+		t.Errorf("spikeTail(6.5) = %g, want about 3e-8, far above the normal %g", p, pFromZ(6.5))
+	}
+}
+
+// The hour's sums together: two denied calls to unfamiliar items and two
+// targets new to the group in one hour, each short of an alert, alert
+// together.
+func TestJointHour(t *testing.T) {
+	m := newModel(t)
+	var a Baseline
+	idx := monday
+	for range 3000 {
+		v := vec(idx, 3, 1000)
+		res := score(m, &v, &a, nil)
+		m.Sustain(&a, &v, &res)
+		m.Learn(&v, &res, &a, nil, 1)
+		idx++
+	}
+	for idx%12 != 0 {
+		v := vec(idx, 3, 1000)
+		res := score(m, &v, &a, nil)
+		m.Sustain(&a, &v, &res)
+		m.Learn(&v, &res, &a, nil, 1)
+		idx++
+	}
+	var last Result
+	for range 2 {
+		v := vec(idx, 3, 1000)
+		v.Value[features.DeniedUnfamiliar] = 1
+		v.Value[features.NewTargets] = 1
+		v.Value[features.NewToPeers] = 1
+		last = score(m, &v, &a, nil)
+		m.Sustain(&a, &v, &last)
+		m.Learn(&v, &last, &a, nil, m.LearnWeight(last.Score))
+		idx++
+	}
+	if last.Score < 60 || last.SustainedReason.Feature != "joint_this_hour" {
+		t.Errorf("second probe window: score %.1f by %q, want ≥ 60 by joint_this_hour", last.Score, last.SustainedReason.Feature)
+	}
+}
