@@ -244,15 +244,17 @@ func TestRuntimeCrashedMemberLosesNothing(t *testing.T) {
 		t.Errorf("%v messages read for %v: the dead member's unsaved work was not reprocessed, so the test proved nothing", read, total)
 	}
 	restores := a.histCount(t, "vigil_state_restore_duration_seconds") + b.histCount(t, "vigil_state_restore_duration_seconds")
-	// Idle agents were evicted and reloaded along the way (default
-	// evict_after), and checkpoints and restores carried them.
+	// Idle agents were evicted along the way (ktDetConfig's evict_after),
+	// and checkpoints and restores carried them. How many come back before
+	// the stream ends depends on when checkpoints fall (wall time), so
+	// reloads are only logged here; TestEvictionIsInvisible pins them.
 	var evictions, reloads float64
 	for _, m := range members {
 		evictions += m.metric(t, "vigil_detector_agent_evictions_total")
 		reloads += m.metric(t, "vigil_detector_agent_reloads_total")
 	}
-	if evictions == 0 || reloads == 0 {
-		t.Errorf("%v evictions and %v reloads: the scenario must exercise eviction", evictions, reloads)
+	if evictions == 0 {
+		t.Errorf("no evictions: the scenario must exercise eviction")
 	}
 	t.Logf("%v idle agents evicted, %v reloaded", evictions, reloads)
 	t.Logf("%d alerts, %d dead letters; %v messages read for %v (x's unsaved work reprocessed); x held %v; a and b restored %d partitions",

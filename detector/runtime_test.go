@@ -796,11 +796,11 @@ func TestRuntimeConfigValidate(t *testing.T) {
 }
 
 // ktDetConfig is the detector configuration of the runtime tests: the
-// defaults, with agents evicted after 15 minutes idle so that the short
+// defaults, with agents evicted after 10 minutes idle (two windows) so that the short
 // simulated fleets exercise eviction; the references they are compared
 // with keep every agent in memory.
 func ktDetConfig() Config {
 	c := DefaultConfig()
-	c.EvictAfter = 15 * time.Minute
+	c.EvictAfter = 10 * time.Minute
 	return c
 }
