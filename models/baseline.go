@@ -92,6 +92,10 @@ type Baseline struct {
 	hourN               uint16
 	// Calls, calls of each kind in hourShares and their expectation, this hour.
 	hourShareK, hourShareN, hourShareExp [len(hourShares)]float32
+	// The largest window the agent has had (decaying at the slow rate), and
+	// how many windows that record covers (saturating at the slow memory).
+	maxCount, maxN float32
+	cusumCount     float32
 }
 
 func slotOf(hourOfWeek int) int {
@@ -153,7 +157,7 @@ func (s *slot) update(x, a float64) {
 
 // learnCount updates slot s with count x at weight w and, once the slot's
 // mean is established, the dispersion sums (decayed at rate a).
-func (b *Baseline) learnCount(s int, x, slotAlpha, a, w float64) {
+func (b *Baseline) learnCount(s int, x, slotAlpha, a, aSlow, w float64) {
 	m := float64(b.slots[s].mean)
 	if b.slotN[s] >= 3 {
 		decay := 1 - a
@@ -168,6 +172,12 @@ func (b *Baseline) learnCount(s int, x, slotAlpha, a, w float64) {
 			h[i] *= float32(1 - a*w)
 		}
 		h[ratioBucket(x, m)] += float32(a * w)
+		// The record rises by at most 5 % a window: a runaway must not
+		// raise at once the bar it is judged by, while a lasting change of
+		// level (or a young agent's first bursts) lifts it within hours.
+		mc := float64(b.maxCount) * (1 - aSlow)
+		b.maxCount = float32(math.Max(mc, math.Min(x, 1.05*mc+1)))
+		b.maxN = float32(math.Min(float64(b.maxN)+w, 1/aSlow))
 	}
 	ws := w
 	if quiet(m) == 2 && x >= 2 {
@@ -205,6 +215,19 @@ func (b *Baseline) learnTail(i, bk int, w float64) {
 		}
 		b.tail[i][j] = float32(t)
 	}
+}
+
+// record bounds the probability of a window of x events by the agent's
+// record: among n windows, the next one beats the largest with probability
+// 1/(n+1) whatever the distribution, and beats it by a factor c with about
+// 1/(c·n) for a tail as heavy as a Pareto of index 1. It applies from twice
+// the record on, once the record covers minN windows; it is 1 otherwise.
+func (b *Baseline) record(x, minN float64) float64 {
+	m, n := float64(b.maxCount), float64(b.maxN)
+	if n < minN || x < 2*(m+1) {
+		return 1
+	}
+	return (m + 1) / (x * n)
 }
 
 // ratioBucket is ⌊log2((x+1)/(μ+1))⌋ clamped to the histogram.

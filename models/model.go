@@ -262,6 +262,9 @@ func (m *Model) Evaluate(v *features.Vector, a, p *Baseline, res *Result) {
 			t = w*t + (1-w)*pt
 		}
 		pc = math.Max(pc, t)
+		// Far beyond anything the agent has had: a bursty agent's spread
+		// says little about a window many times its largest burst.
+		pc = math.Min(pc, a.record(k, m.windowsPerDay()))
 	}
 	res.set(features.EventCount, k, mu, zFromP(pc))
 
@@ -547,6 +550,16 @@ func (m *Model) Finish(res *Result) {
 // below it drain the sum, so only a deviation sustained above it accumulates.
 const cusumK = 1.5
 
+// countK is the reference of the event count's own CUSUM, in σ. Load comes
+// in bursts that span windows, so only a count far in the agent's tail
+// accumulates (a runaway many times its largest burst, see
+// Baseline.record), and only once the agent has a day of windows behind
+// it: a young agent's first bursts are not yet in its record.
+const countK = 3
+
+// windowsPerDay is a day of windows, the history the count's record needs.
+func (m *Model) windowsPerDay() float64 { return 24 * m.windowsPerHour }
+
 // sustainedFeatures are accumulated across windows by CUSUM: first-seen items
 // and the shares of denied, failed, restricted and weak-auth calls are rare
 // events whose per-window deviations are close to independent in normal
@@ -622,6 +635,16 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 	p := 1.0
 	if bf >= 0 {
 		p = math.Min(1, 2*effectiveTests*math.Exp(-2*cusumK*best))
+	}
+	if float64(a.Windows) >= m.windowsPerDay() {
+		z := res.Z[features.EventCount]
+		cc := math.Max(0, float64(a.cusumCount)-drain*countK/cusumK+z-countK)
+		a.cusumCount = float32(cc)
+		if z > countK {
+			if pc := math.Min(1, 2*effectiveTests*math.Exp(-2*countK*cc)); pc < p {
+				p, best, bf = pc, cc, features.EventCount
+			}
+		}
 	}
 
 	// The hour so far.
@@ -759,6 +782,7 @@ func floorDiv(a, b int64) int64 {
 func (b *Baseline) ClearSustained() {
 	clear(b.cusum[:])
 	b.cusumJoint = 0
+	b.cusumCount = 0
 	b.hourX = 0
 	clear(b.hourNew[:])
 	clear(b.hourNewExp[:])
@@ -874,9 +898,9 @@ func (m *Model) Learn(v *features.Vector, res *Result, a, p *Baseline, weight fl
 		size := int64(m.cfg.WindowSize)
 		for idx := from; idx < v.Index; idx++ {
 			s := slotOf(features.HourOfWeek(idx * size))
-			a.learnCount(s, 0, m.alphaSlot, m.alphaFast, 1)
+			a.learnCount(s, 0, m.alphaSlot, m.alphaFast, m.alphaSlow, 1)
 			if p != nil {
-				p.learnCount(s, 0, m.alphaPeerS, m.alphaFast, 1)
+				p.learnCount(s, 0, m.alphaPeerS, m.alphaFast, m.alphaSlow, 1)
 			}
 		}
 	}
@@ -894,7 +918,7 @@ func (m *Model) learn(v *features.Vector, b *Baseline, weight, js, slotAlpha flo
 	n := b.Windows
 	a := ewma(n, m.alphaFast) * weight
 
-	b.learnCount(slotOf(v.HourOfWeek), v.Value[features.EventCount], slotAlpha, m.alphaFast, weight)
+	b.learnCount(slotOf(v.HourOfWeek), v.Value[features.EventCount], slotAlpha, m.alphaFast, m.alphaSlow, weight)
 	for i := range numGauss {
 		if y, ok := gaussValue(v, i, js); ok {
 			b.gauss[i].update(y, gaussN(v, i), m.alphaFast, m.alphaSlow, weight)

@@ -491,3 +491,56 @@ func TestJointHour(t *testing.T) {
 		t.Errorf("second probe window: score %.1f by %q, want ≥ 60 by joint_this_hour", last.Score, last.SustainedReason.Feature)
 	}
 }
+
+// A bursty agent (two events a window, bursts of twenty) is not alarmed by
+// its bursts, but a runaway at four times its largest burst, sustained, is
+// alerted within a few windows by the count's CUSUM on the record bound —
+// and the runaway raises the record it is judged by only slowly.
+func TestRunawayBeyondRecord(t *testing.T) {
+	m := newModel(t)
+	var a Baseline
+	rng := rand.New(rand.NewPCG(3, 4))
+	idx := monday
+	step := func(n float64) Result {
+		v := vec(idx, n, 1000)
+		res := score(m, &v, &a, nil)
+		m.Sustain(&a, &v, &res)
+		if res.Score >= 60 {
+			a.ClearSustained()
+		}
+		m.Learn(&v, &res, &a, nil, m.LearnWeight(res.Score))
+		idx++
+		return res
+	}
+	for i := range 3000 {
+		n := float64(rng.IntN(4))
+		if i%60 < 8 { // a burst of 40 minutes every 5 hours
+			n = float64(15 + rng.IntN(10))
+		}
+		step(n)
+	}
+	record := float64(a.maxCount)
+	burst := 0.0
+	for range 8 {
+		burst = math.Max(burst, step(float64(15+rng.IntN(10))).Score)
+	}
+	if burst >= 40 {
+		t.Errorf("a burst of the usual size scored %.1f, want < 40", burst)
+	}
+	alerted := -1
+	for i := range 12 {
+		if r := step(100); r.Score >= 60 && alerted < 0 {
+			alerted = i
+		}
+	}
+	if alerted < 0 || alerted > 6 {
+		t.Errorf("a runaway at 100 a window (record %.0f) alerted at window %d, want within 6", record, alerted)
+	}
+	bound := record
+	for range 12 {
+		bound = 1.05*bound + 1
+	}
+	if got := float64(a.maxCount); got > bound || got >= 100 {
+		t.Errorf("twelve runaway windows moved the record from %.0f to %.0f, want at most %.0f (5 %% a window)", record, got, bound)
+	}
+}

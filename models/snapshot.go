@@ -145,6 +145,9 @@ func (b *Baseline) fields(c codec) {
 		c.f32(&b.hourShareN[i])
 		c.f32(&b.hourShareExp[i])
 	}
+	c.f32(&b.maxCount)
+	c.f32(&b.maxN)
+	c.f32(&b.cusumCount)
 }
 
 // The lengths of the arrays that snapshots held before denied_unfamiliar
