@@ -689,9 +689,21 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 	// the per-window compound model already allows for novelty coming in
 	// clumps): a lateral movement that touches two or three new targets per
 	// window adds up to more than any one window shows.
+	// Each hour sum this window adds to is tested alone and joins the joint
+	// test below.
 	var hd2, hTopZ float64
 	hk := 0
 	hTop := features.Feature(-1)
+	hourTest := func(f features.Feature, raw, val, exp float64) {
+		hz := zFromP(raw)
+		hd2, hk = hd2+hz*hz, hk+1
+		if hz > hTopZ {
+			hTop, hTopZ = f, hz
+		}
+		if ph := math.Min(1, effectiveTests*raw); ph < p {
+			p, bf, hourly, hourVal, hourExp = ph, f, f.String()+"_this_hour", val, exp
+		}
+	}
 	for i, f := range hourNovelty {
 		if !res.Scored[f] {
 			continue
@@ -702,15 +714,7 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 			continue
 		}
 		x, lam := float64(a.hourNew[i]), float64(a.hourNewExp[i])
-		raw := countTail(x, lam, 0.25)
-		hz := zFromP(raw)
-		hd2, hk = hd2+hz*hz, hk+1
-		if hz > hTopZ {
-			hTop, hTopZ = f, hz
-		}
-		if ph := math.Min(1, effectiveTests*raw); ph < p {
-			p, bf, hourly, hourVal, hourExp = ph, f, f.String()+"_this_hour", x, lam
-		}
+		hourTest(f, countTail(x, lam, 0.25), x, lam)
 	}
 	// Denied, restricted and weak-auth calls over the hour so far against
 	// the agent's rate, with the per-window overdispersion: for an agent of
@@ -728,15 +732,7 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 			continue
 		}
 		k, nn, e := float64(a.hourShareK[i]), float64(a.hourShareN[i]), float64(a.hourShareExp[i])
-		raw := binomTail(k, nn, e/nn)
-		hz := zFromP(raw)
-		hd2, hk = hd2+hz*hz, hk+1
-		if hz > hTopZ {
-			hTop, hTopZ = f, hz
-		}
-		if ph := math.Min(1, effectiveTests*raw); ph < p {
-			p, bf, hourly, hourVal, hourExp = ph, f, f.String()+"_this_hour", k, e
-		}
+		hourTest(f, binomTail(k, nn, e/nn), k, e)
 	}
 	// The hour's sums together: Σz² of the hour sums this window adds to,
 	// against χ² (as Finish does for a window's features), for a probe
