@@ -96,6 +96,16 @@ type Baseline struct {
 	// how many windows that record covers (saturating at the slow memory).
 	maxCount, maxN float32
 	cusumCount     float32
+	// The current UTC day's event count, the slow mean of complete days'
+	// counts by kind (weekday, weekend day), their dispersion sums and how
+	// many days of each kind were learned (see Model.dayRollover).
+	dayIdx         int64
+	dayX           float32
+	dayMean        [2]float32
+	dayNum, dayDen float32
+	dayN           [2]uint8
+	// Whether a window of the current day already alerted for volume.
+	dayVolumeAlerted bool
 }
 
 func slotOf(hourOfWeek int) int {

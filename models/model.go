@@ -678,6 +678,11 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 	a.hourX += float32(v.Value[features.EventCount])
 	hourly := ""
 	var hourVal, hourExp float64
+	// The day that just ended (and any silent days since) against the slow
+	// record of days of its kind.
+	if pd, x, mu := m.dayRollover(a, v); pd < p {
+		p, bf, hourly, hourVal, hourExp = pd, features.EventCount, "event_count_day", x, mu
+	}
 	if a.hourN >= minHours && res.Z[features.EventCount] >= 1 {
 		phi := math.Max(math.Max(0, float64(a.hourNum))/math.Max(float64(a.hourDen), 1e-9), a.dispersion()/float64(wph))
 		if ph := math.Min(1, effectiveTests*countTail(float64(a.hourX), mu, phi)); ph < p {
@@ -756,6 +761,71 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 		}
 		r.Z = round(zFromP(p / effectiveTests))
 	}
+}
+
+// dayAlpha is the learning rate of the day record: a 21-day half-life in days.
+var dayAlpha = 1 - math.Exp(-math.Ln2/21)
+
+// minDays is how many days of a kind (weekday, weekend day) the day record
+// needs before a day of that kind is scored.
+const minDays = 3
+
+// dayRollover closes the agent's day when v starts a new one: the day's
+// event count is scored against the slow mean of days of its kind (weekday
+// or weekend) under a negative binomial whose day-to-day dispersion is also
+// learned slowly (at least 0.05: days differ by ±22 % however regular the
+// agent), then learned at a weight that falls with its own score, so that a
+// volume ramp over days — which the window model follows, its slots and
+// spread adapting within a couple of days — stands out against days learned
+// before it. Silent days in between count as days of zero events. The day's
+// count is what Learn accepted, each window's events at the weight it was
+// learned at; a day whose windows already alerted for volume is neither
+// scored again nor learned at full weight. It returns the day's tail probability (1 when not
+// scored), count and expectation.
+func (m *Model) dayRollover(a *Baseline, v *features.Vector) (p, x, mu float64) {
+	p = 1
+	const day = int64(24 * time.Hour)
+	d := floorDiv(v.Start, day)
+	if a.dayIdx == 0 {
+		a.dayIdx = d
+	}
+	if d > a.dayIdx {
+		x = float64(a.dayX)
+		for k := a.dayIdx; k < d && k < a.dayIdx+8; k++ {
+			cnt := x
+			if k != a.dayIdx {
+				cnt = 0
+			}
+			kind := 0
+			if slotOf(features.HourOfWeek(k*day)) >= 24 {
+				kind = 1
+			}
+			mk := float64(a.dayMean[kind])
+			w := 1.0
+			if k == a.dayIdx && a.dayVolumeAlerted {
+				// Its windows have already said it: not again, and not
+				// into the record either.
+				w = m.cfg.MinLearnWeight
+			} else if a.dayN[kind] >= minDays && cnt > mk {
+				phi := math.Max(0.05, math.Max(0, float64(a.dayNum))/math.Max(float64(a.dayDen), 1e-9))
+				pk := math.Min(1, effectiveTests*countTail(cnt, mk, phi))
+				if pk < p {
+					p, x, mu = pk, cnt, mk
+				}
+				w = m.LearnWeight(-10 * math.Log10(math.Max(pk, 1e-300)))
+			}
+			if a.dayN[kind] >= 1 {
+				a.dayNum = float32((1-dayAlpha*w)*float64(a.dayNum) + w*dayAlpha*((cnt-mk)*(cnt-mk)-mk))
+				a.dayDen = float32((1-dayAlpha*w)*float64(a.dayDen) + w*dayAlpha*mk*mk)
+			}
+			a.dayMean[kind] += float32(math.Max(dayAlpha, 1/float64(a.dayN[kind]+1)) * w * (cnt - mk))
+			if a.dayN[kind] < math.MaxUint8 {
+				a.dayN[kind]++
+			}
+		}
+		a.dayIdx, a.dayX, a.dayVolumeAlerted = d, 0, false
+	}
+	return p, x, mu
 }
 
 // hourShares are the shares also summed hour by hour.
@@ -884,6 +954,12 @@ func (m *Model) Learn(v *features.Vector, res *Result, a, p *Baseline, weight fl
 			if p != nil {
 				p.learnTail(i, bk, tw)
 			}
+		}
+	}
+	if res != nil && !res.Cold && floorDiv(v.Start, int64(24*time.Hour)) == a.dayIdx {
+		a.dayX += float32(weight * v.Value[features.EventCount])
+		if weight < 1 && res.Top() == features.EventCount {
+			a.dayVolumeAlerted = true
 		}
 	}
 	// The agent's empty windows since the last one learned (at most a week of

@@ -544,3 +544,43 @@ func TestRunawayBeyondRecord(t *testing.T) {
 		t.Errorf("twelve runaway windows moved the record from %.0f to %.0f, want at most %.0f (5 %% a window)", record, got, bound)
 	}
 }
+
+// A volume ramp over days — which the window model follows — is caught when
+// a day closes, against the slow record of days; an agent whose days vary by
+// a fifth either way is not alerted.
+func TestVolumeRampByDay(t *testing.T) {
+	run := func(ramp bool) (alerts int, reason string) {
+		m := newModel(t)
+		rng := rand.New(rand.NewPCG(7, 8))
+		var a Baseline
+		idx := monday
+		level := 20.0
+		for i := range 4000 + 4*288 {
+			if i%288 == 0 {
+				level = 20 * (1 + 0.2*(2*rng.Float64()-1))
+			}
+			l := level
+			if ramp && i >= 4000 {
+				l = 20 * math.Pow(10, math.Min(1, float64(i-4000)/(3*288)))
+			}
+			n := math.Max(0, math.Round(l+math.Sqrt(l)*rng.NormFloat64()))
+			v := vec(idx, n, 1000)
+			r := score(m, &v, &a, nil)
+			m.Sustain(&a, &v, &r)
+			if r.Score >= 60 && i >= 4000 {
+				alerts++
+				reason = r.SustainedReason.Feature
+				a.ClearSustained()
+			}
+			m.Learn(&v, &r, &a, nil, m.LearnWeight(r.Score))
+			idx++
+		}
+		return alerts, reason
+	}
+	if n, why := run(true); n == 0 || why != "event_count_day" {
+		t.Errorf("a ten-fold ramp over three days: %d alerts (last by %q), want one by event_count_day", n, why)
+	}
+	if n, why := run(false); n != 0 {
+		t.Errorf("days varying by a fifth: %d alerts (last by %q), want none", n, why)
+	}
+}

@@ -148,6 +148,20 @@ func (b *Baseline) fields(c codec) {
 	c.f32(&b.maxCount)
 	c.f32(&b.maxN)
 	c.f32(&b.cusumCount)
+	c.i64(&b.dayIdx)
+	c.f32(&b.dayX)
+	c.f32(&b.dayMean[0])
+	c.f32(&b.dayMean[1])
+	c.f32(&b.dayNum)
+	c.f32(&b.dayDen)
+	c.u8(&b.dayN[0])
+	c.u8(&b.dayN[1])
+	var flag uint8
+	if b.dayVolumeAlerted {
+		flag = 1
+	}
+	c.u8(&flag)
+	b.dayVolumeAlerted = flag == 1
 }
 
 // The lengths of the arrays that snapshots held before denied_unfamiliar
