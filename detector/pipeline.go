@@ -468,6 +468,7 @@ func (p *Pipeline) closeIndex(idx int64) {
 		}
 		c := p.scratch(len(p.batch) + 1)
 		c.a, c.v = a, a.win[s].Vector(p.size)
+		p.model.CatchUp(c.v.Index, &a.base, &a.class.base)
 		p.model.Evaluate(&c.v, &a.base, &a.class.base, &c.res)
 		a.open[s] = false
 	}
@@ -500,6 +501,7 @@ func (p *Pipeline) release(a *agent) {
 func (p *Pipeline) closeOne(a *agent, s int) {
 	c := p.scratch(1)
 	c.a, c.v = a, a.win[s].Vector(p.size)
+	p.model.CatchUp(c.v.Index, &a.base, &a.class.base)
 	p.model.Evaluate(&c.v, &a.base, &a.class.base, &c.res)
 	a.open[s] = false
 	p.decide(c, c.v.Index)

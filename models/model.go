@@ -931,6 +931,29 @@ func (m *Model) LearnWeight(score float64) float64 {
 	return 1 - t*(1-c.MinLearnWeight)
 }
 
+// CatchUp learns the agent's empty windows before window idx (at most a
+// week of them) as zero events, for the agent and for its peer group (a
+// group's seasonal profile is the mean count per agent, silence included).
+// Call it before scoring window idx, so that the silence that preceded it
+// counts: an agent silent all Saturday afternoon is judged on Sunday
+// afternoon by a slot that knows it. Learn calls it too; it does nothing
+// when the agent is caught up.
+func (m *Model) CatchUp(idx int64, a, p *Baseline) {
+	if a.Windows == 0 || idx <= a.LastIndex+1 {
+		return
+	}
+	from := max(a.LastIndex+1, idx-int64(168*m.windowsPerHour))
+	size := int64(m.cfg.WindowSize)
+	for i := from; i < idx; i++ {
+		s := slotOf(features.HourOfWeek(i * size))
+		a.learnCount(s, 0, m.alphaSlot, m.alphaFast, m.alphaSlow, 1)
+		if p != nil {
+			p.learnCount(s, 0, m.alphaPeerS, m.alphaFast, m.alphaSlow, 1)
+		}
+	}
+	a.LastIndex = idx - 1
+}
+
 // Learn updates the agent's baseline a with window v (scored as res, which
 // may be nil) at the given weight
 // (0–1, from LearnWeight), and the peer group's p (may be nil). Windows must be
@@ -962,20 +985,7 @@ func (m *Model) Learn(v *features.Vector, res *Result, a, p *Baseline, weight fl
 			a.dayVolumeAlerted = true
 		}
 	}
-	// The agent's empty windows since the last one learned (at most a week of
-	// them) count as zero events, for the agent and for its peer group: a
-	// group's seasonal profile is the mean count per agent, silence included.
-	if a.Windows > 0 && v.Index > a.LastIndex+1 {
-		from := max(a.LastIndex+1, v.Index-int64(168*m.windowsPerHour))
-		size := int64(m.cfg.WindowSize)
-		for idx := from; idx < v.Index; idx++ {
-			s := slotOf(features.HourOfWeek(idx * size))
-			a.learnCount(s, 0, m.alphaSlot, m.alphaFast, m.alphaSlow, 1)
-			if p != nil {
-				p.learnCount(s, 0, m.alphaPeerS, m.alphaFast, m.alphaSlow, 1)
-			}
-		}
-	}
+	m.CatchUp(v.Index, a, p)
 	js := m.mixDistance(v, a, p, p != nil && p.Windows > 0)
 	m.learn(v, a, weight, js, m.alphaSlot)
 	if p != nil {

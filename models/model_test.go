@@ -584,3 +584,27 @@ func TestVolumeRampByDay(t *testing.T) {
 		t.Errorf("days varying by a fifth: %d alerts (last by %q), want none", n, why)
 	}
 }
+
+// The silence before a window counts when it is scored: a weekday agent
+// silent all its first Saturday is judged on Sunday afternoon by a weekend
+// slot that has seen Saturday afternoon's empty windows.
+func TestCatchUpBeforeScoring(t *testing.T) {
+	m := newModel(t)
+	var a Baseline
+	for day := range int64(5) { // Monday to Friday, 09:00–17:00, 30 events a window
+		for w := int64(9 * 12); w < 17*12; w++ {
+			v := vec(monday+day*288+w, 30, 1000)
+			m.Learn(&v, nil, &a, nil, 1)
+		}
+	}
+	sunday := monday + 6*288 + 14*12 // Sunday 14:00
+	stale, _ := m.ExpectedCount(&a, nil, features.HourOfWeek(sunday*win))
+	m.CatchUp(sunday, &a, nil)
+	caught, _ := m.ExpectedCount(&a, nil, features.HourOfWeek(sunday*win))
+	if !(caught < stale/2) {
+		t.Errorf("Sunday 14:00 expects %.2f events a window after catching up, %.2f before: want the silent Saturday to count", caught, stale)
+	}
+	if a.LastIndex != sunday-1 {
+		t.Errorf("caught up to window %d, want %d", a.LastIndex, sunday-1)
+	}
+}
