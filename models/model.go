@@ -684,7 +684,13 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 		p, bf, hourly, hourVal, hourExp = pd, features.EventCount, "event_count_day", x, mu
 	}
 	if a.hourN >= minHours && res.Z[features.EventCount] >= 1 {
-		phi := math.Max(math.Max(0, float64(a.hourNum))/math.Max(float64(a.hourDen), 1e-9), a.dispersion()/float64(wph))
+		// For its first three days, an agent's bursts are taken to last the
+		// hour (the window dispersion, not a twelfth of it).
+		spread := a.dispersion() / float64(wph)
+		if int(a.dayN[0])+int(a.dayN[1]) < 3 {
+			spread = a.dispersion()
+		}
+		phi := math.Max(math.Max(0, float64(a.hourNum))/math.Max(float64(a.hourDen), 1e-9), spread)
 		if ph := math.Min(1, effectiveTests*countTail(float64(a.hourX), mu, phi)); ph < p {
 			p, bf, hourly, hourVal, hourExp = ph, features.EventCount, "event_count_this_hour", float64(a.hourX), mu
 		}
