@@ -225,14 +225,11 @@ func (p *Pipeline) Process(raw []byte) error {
 	if len(e.CredentialID) > 0 && a.cred != string(e.CredentialID) {
 		a.cred = string(e.CredentialID)
 	}
-	flags, bucket := features.Observe(e, &a.seen, &a.class.seen)
+	flags, bucket := features.Observe(e, &a.seen, &a.class.seen, &a.probes)
 	if flags&(features.NewPeerItem|features.NewPeerAccess) == features.NewPeerItem && int(a.base.Windows) < p.cfg.Model.WarmWindows {
 		// A young agent's own credentials and addresses are new to its
 		// peers by necessity; the targets and actions it reaches are not.
 		flags &^= features.NewPeerItem
-	}
-	if a.probes.Check(e, flags) {
-		flags |= features.Unfamiliar
 	}
 	w.Add(e, flags, bucket)
 	p.stats.Events++

@@ -61,7 +61,7 @@ const (
 	NewCredential
 	NewSource
 	NewPeerItem   // at least one of the new items is new to the peer group too
-	Unfamiliar    // a denied call to a target or action the agent has not been allowed (set by the caller, see Probes)
+	Unfamiliar    // a denied call to a target or action the agent has not been allowed (see Probes)
 	NewPeerAccess // the target or the action is new to the peer group (NewPeerItem is set too)
 )
 
@@ -76,16 +76,15 @@ const (
 // are counted by the deny rate.
 type Probes [4]uint32
 
-// Check reports whether e is a denied call to a target or action the agent
-// has never been allowed: new now (flags from Observe) or denied every time
-// since its first attempt. An allowed call forgets its target and action.
-func (pr *Probes) Check(e *Event, flags uint8) bool {
-	denied := e.Decision == Deny
+// check reports whether a call to target ft and action fa (fingerprints,
+// from Observe) is a denied call to something the agent has never been
+// allowed: new now (flags) or denied every time since its first attempt. An
+// allowed call forgets its target and action.
+func (pr *Probes) check(ft, fa uint32, denied bool, flags uint8) bool {
 	if !denied && *pr == (Probes{}) {
 		return false
 	}
-	ft := uint32(Hash64(e.TargetID, seedTarget)>>32) | 1
-	fa := uint32(Hash64(e.Action, seedAction)>>32) | 1
+	ft, fa = ft|1, fa|1
 	if !denied {
 		for i, v := range pr {
 			if v == ft || v == fa {
@@ -132,14 +131,20 @@ const (
 
 // Observe checks the event's target, action, credential and source address
 // against the agent's and the peer group's seen sets, records them, and
-// returns novelty flags and the action's histogram bucket. peer may be nil.
-func Observe(e *Event, agent, peer *SeenSet) (flags uint8, bucket int) {
+// returns novelty flags and the action's histogram bucket. With the agent's
+// probes it also flags a denied call to something the agent has never been
+// allowed (Unfamiliar). peer and probes may be nil.
+func Observe(e *Event, agent, peer *SeenSet, probes *Probes) (flags uint8, bucket int) {
 	ah := Hash64(e.Action, seedAction)
+	th := Hash64(e.TargetID, seedTarget)
 	bucket = int(ah % ActionBuckets)
-	flags |= observe(Hash64(e.TargetID, seedTarget), NewTarget, agent, peer)
+	flags |= observe(th, NewTarget, agent, peer)
 	flags |= observe(ah, NewAction, agent, peer)
 	if flags&NewPeerItem != 0 {
 		flags |= NewPeerAccess
+	}
+	if probes != nil && probes.check(uint32(th>>32), uint32(ah>>32), e.Decision == Deny, flags) {
+		flags |= Unfamiliar
 	}
 	if len(e.CredentialID) > 0 {
 		flags |= observe(Hash64(e.CredentialID, seedCredential), NewCredential, agent, peer)

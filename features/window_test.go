@@ -24,8 +24,8 @@ type replayAgent struct {
 	wins      map[int64]*Window
 }
 
-// replay feeds a JSONL file through Decode → Observe → Probes.Check →
-// Window.Add, as the detector does: one SeenSet per agent, one per peer group (agent_class, else
+// replay feeds a JSONL file through Decode → Observe → Window.Add, as the
+// detector does: one SeenSet per agent, one per peer group (agent_class, else
 // derived from the id), one Window per agent and window index.
 func replay(t testing.TB, path string, size int64) []*replayAgent {
 	t.Helper()
@@ -61,10 +61,7 @@ func replay(t testing.TB, path string, size int64) []*replayAgent {
 			peer = &s
 			peers[a.class] = peer
 		}
-		flags, bucket := Observe(&e, &a.seen, peer)
-		if a.probes.Check(&e, flags) {
-			flags |= Unfamiliar
-		}
+		flags, bucket := Observe(&e, &a.seen, peer, &a.probes)
 		idx := WindowIndex(e.TS, size)
 		w := a.wins[idx]
 		if w == nil {
@@ -113,7 +110,7 @@ func renderVector(sb *strings.Builder, v Vector) {
 
 func renderReplay(agents []*replayAgent, size int64) string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "# testdata/window_events.jsonl in %s windows: Decode -> Observe -> Probes.Check -> Window.Add -> Vector\n", time.Duration(size))
+	fmt.Fprintf(&sb, "# testdata/window_events.jsonl in %s windows: Decode -> Observe -> Window.Add -> Vector\n", time.Duration(size))
 	for _, a := range agents {
 		fmt.Fprintf(&sb, "\nagent %s class %s\n", a.id, a.class)
 		for _, i := range a.indexes() {
@@ -487,7 +484,7 @@ func TestObserve(t *testing.T) {
 		{"nil peer set", Event{TargetID: []byte("svc:new"), Action: e.Action}, &agent, nil, NewTarget},
 	}
 	for _, s := range steps {
-		flags, bucket := Observe(&s.e, s.agent, s.peer)
+		flags, bucket := Observe(&s.e, s.agent, s.peer, nil)
 		if flags != s.want {
 			t.Errorf("%s: flags %07b, want %07b", s.name, flags, s.want)
 		}
@@ -603,7 +600,7 @@ func TestWindowAddAllocs(t *testing.T) {
 	agent, peer := NewSeenSet(256), NewSeenSet(1024)
 	var w Window
 	allocs := testing.AllocsPerRun(200, func() {
-		flags, bucket := Observe(&e, &agent, &peer)
+		flags, bucket := Observe(&e, &agent, &peer, nil)
 		w.Add(&e, flags, bucket)
 		_ = w.Vector(fiveMinutes)
 	})
@@ -623,7 +620,7 @@ func TestWindowSnapshot(t *testing.T) {
 		if err := d.Decode([]byte(line), &e); err != nil {
 			t.Fatal(err)
 		}
-		flags, b := Observe(&e, &agent, &peer)
+		flags, b := Observe(&e, &agent, &peer, nil)
 		w.Add(&e, flags, b)
 	}
 	w.Flags = 5
@@ -650,8 +647,8 @@ func TestProbes(t *testing.T) {
 	call := func(target, action string, decision Decision) bool {
 		t.Helper()
 		e := Event{TargetID: []byte(target), Action: []byte(action), Decision: decision}
-		flags, _ := Observe(&e, &agent, &peer)
-		return pr.Check(&e, flags)
+		flags, _ := Observe(&e, &agent, &peer, &pr)
+		return flags&Unfamiliar != 0
 	}
 	steps := []struct {
 		target, action string
