@@ -106,6 +106,13 @@ type Baseline struct {
 	dayN           [2]uint8
 	// Whether a window of the current day already alerted for volume.
 	dayVolumeAlerted bool
+	// The current hour's expectation when it began, for a slot with less
+	// than an hour of history (0 otherwise).
+	hourFirst float32
+	// Bytes out this hour so far and the calls that carried them, and the
+	// log mean bytes out per call of complete hours (see Model.hourBytesOut).
+	hourBytes, hourBytesN float32
+	hourBytesOut          gauss
 }
 
 func slotOf(hourOfWeek int) int {

@@ -663,18 +663,32 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 			if a.hourN < math.MaxUint16 {
 				a.hourN++
 			}
+			m.learnHourBytes(a, wph)
 		}
+		a.hourBytes, a.hourBytesN = 0, 0
 		a.hourIdx, a.hourX = hour, 0
 		clear(a.hourNew[:])
 		clear(a.hourNewExp[:])
 		a.clearHourShares()
+		a.hourFirst = 0
+		s := slotOf(v.HourOfWeek)
+		if int(a.slotN[s])-int(idx-hour*wph) < int(wph) && a.dispersion() < 0.5 {
+			a.hourFirst = float32(math.Max(1e-6, float64(wph)*a.slotMean(s)))
+		}
 	}
 	// The whole hour's expectation: the count so far can only grow, so its
 	// tail under the whole hour's distribution bounds the final p-value from
 	// above, and a burst early in the hour is not held against a partial
-	// expectation.
+	// expectation. A slot that has not had an hour of history yet (the
+	// first Saturday) is judged for the whole hour by what it expected when
+	// the hour began: it would otherwise learn an off-hours burst within
+	// minutes from the hour's own windows and judge the rest of the hour by
+	// it.
 	mu := float64(wph) * a.slotMean(slotOf(v.HourOfWeek))
 	a.hourM = float32(mu)
+	if a.hourFirst > 0 {
+		mu = math.Min(mu, float64(a.hourFirst))
+	}
 	a.hourX += float32(v.Value[features.EventCount])
 	hourly := ""
 	var hourVal, hourExp float64
@@ -745,6 +759,27 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 		k, nn, e := float64(a.hourShareK[i]), float64(a.hourShareN[i]), float64(a.hourShareExp[i])
 		hourTest(f, binomTail(k, nn, e/nn), k, e)
 	}
+	// Bytes out per call over the hour so far against complete hours: an
+	// agent whose payloads vary a hundredfold call to call has windows too
+	// noisy to show a fivefold exfiltration, and hours that do.
+	// A window's mean is capped at 3σ above the agent's usual window, so
+	// one huge call (a report, a backup) weighs as one odd window, not as
+	// an hour of them.
+	if n := v.Trials[features.BytesOut]; n > 0 {
+		x := v.Value[features.BytesOut]
+		if z := res.gz[1]; z > 3 { // bytes out in gaussFeatures
+			mean := float64(a.gauss[1].mean)
+			x = math.Expm1(mean + (math.Log1p(x)-mean)*3/z)
+		}
+		a.hourBytes += float32(x * n)
+		a.hourBytesN += float32(n)
+		// Only a window that adds to it tests the hour.
+		if res.Z[features.BytesOut] >= 1 {
+			if z, ok := m.hourBytesZ(a); ok {
+				hourTest(features.BytesOut, spikeTail(z), float64(a.hourBytes/a.hourBytesN), math.Expm1(float64(a.hourBytesOut.mean)))
+			}
+		}
+	}
 	// The hour's sums together: Σz² of the hour sums this window adds to,
 	// against χ² (as Finish does for a window's features), for a probe
 	// whose two denials, three targets new to the group and restricted reads
@@ -767,6 +802,46 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 		}
 		r.Z = round(zFromP(p / effectiveTests))
 	}
+}
+
+// minBytesHours is how many complete hours with bytes out an agent needs
+// before its hour so far is scored on them.
+const minBytesHours = 24
+
+// hourBytesZ is the z of the mean bytes out per call over the hour so far
+// against the agent's complete hours (log scale, their variance scaled by
+// the calls behind each mean as for windows, see sampling). ok is false
+// while the agent has too few hours, or the hour too few calls (under 5, or
+// under a third of the calls the hour is expected to have: a partial hour's
+// mean of heavy-tailed payloads is noisier than the scaling allows).
+func (m *Model) hourBytesZ(a *Baseline) (z float64, ok bool) {
+	g := &a.hourBytesOut
+	n := float64(a.hourBytesN)
+	if g.n < minBytesHours || n < 5 || n < float64(a.hourM)/3 {
+		return 0, false
+	}
+	y := math.Log1p(float64(a.hourBytes) / n)
+	const i = 1 // bytes out in gaussFeatures
+	floor := gaussFloor[i] * gaussFloor[i]
+	h := sampling(n)
+	z = (y - float64(g.mean)) / math.Sqrt(h*priorBlend(float64(g.vr), float64(g.n), gaussPrior[i])+floor)
+	zs := 0.8 * (y - float64(g.slowMean)) / math.Sqrt(h*priorBlend(float64(g.slowVr), float64(g.n), gaussPrior[i])+floor)
+	return math.Max(z, zs), true
+}
+
+// learnHourBytes learns the hour that just closed into the agent's hourly
+// bytes-out baseline, at a weight that falls with the hour's own score so
+// that an exfiltration does not teach it.
+func (m *Model) learnHourBytes(a *Baseline, wph int64) {
+	n := float64(a.hourBytesN)
+	if n == 0 {
+		return
+	}
+	w := 1.0
+	if z, ok := m.hourBytesZ(a); ok && z > 0 {
+		w = m.LearnWeight(-10 * math.Log10(math.Max(effectiveTests*spikeTail(z), 1e-300)))
+	}
+	a.hourBytesOut.update(math.Log1p(float64(a.hourBytes)/n), n, m.alphaFast*float64(wph), m.alphaSlow*float64(wph), w)
 }
 
 // dayAlpha is the learning rate of the day record: a 21-day half-life in days.

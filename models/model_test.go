@@ -608,3 +608,98 @@ func TestCatchUpBeforeScoring(t *testing.T) {
 		t.Errorf("caught up to window %d, want %d", a.LastIndex, sunday-1)
 	}
 }
+
+// A regular weekday agent busy at 07:00 on its first Saturday (it has never
+// been busy at 07:00): the weekend slot has no history, and the hour is
+// judged by what it expected when it began, not by its own first windows.
+func TestOffHoursOnFirstWeekend(t *testing.T) {
+	m := newModel(t)
+	rng := rand.New(rand.NewPCG(3, 4))
+	var a Baseline
+	busy := func(w int64) float64 { // 08:00–18:00 on weekdays
+		h := (w % 288) / 12
+		if (w-monday)/288 < 5 && h >= 8 && h < 18 {
+			return 7
+		}
+		return 0.02
+	}
+	poisson := func(l float64) float64 {
+		k, p := 0.0, math.Exp(-l)
+		for u := rng.Float64(); u > p; k++ {
+			u *= rng.Float64()
+		}
+		return k
+	}
+	saturday7 := monday + 5*288 + 7*12
+	best := 0.0
+	for w := monday; w < saturday7+12; w++ {
+		n := poisson(busy(w))
+		if w >= saturday7 {
+			n = poisson(6) // off hours: usual calls at ~70 an hour
+		}
+		v := vec(w, n, 1000)
+		m.CatchUp(w, &a, nil)
+		if n == 0 {
+			continue
+		}
+		r := score(m, &v, &a, nil)
+		m.Sustain(&a, &v, &r)
+		if w >= saturday7 {
+			best = math.Max(best, r.Score)
+		}
+		m.Learn(&v, &r, &a, nil, m.LearnWeight(r.Score))
+	}
+	if best < 60 {
+		t.Errorf("an hour of calls at 07:00 on the first Saturday scored %.1f at most, want ≥ 60", best)
+	}
+}
+
+// An agent whose payloads vary a hundredfold from call to call (most a few
+// hundred bytes, a third a few hundred kilobytes) exfiltrating: three calls
+// in four send 5.6 times more for two hours. No window shows it; the hour's
+// mean bytes out per call does. One enormous call may alert in its own
+// window, but does not make the rest of its hour alert.
+func TestHourBytesOut(t *testing.T) {
+	run := func(attack, huge bool) float64 {
+		m := newModel(t)
+		rng := rand.New(rand.NewPCG(5, 6))
+		var a Baseline
+		const days = 6
+		start := monday + days*288
+		best := 0.0
+		for w := monday; w < start+24; w++ {
+			n := 4 + rng.IntN(3)
+			sum := 0.0
+			for i := range n {
+				b := 300 * math.Exp(0.8*rng.NormFloat64())
+				if rng.Float64() < 0.3 {
+					b = 2e5 * math.Exp(0.8*rng.NormFloat64())
+				}
+				if attack && w >= start && rng.Float64() < 0.77 {
+					b *= 5.6
+				}
+				if huge && w == start+3 && i == 0 {
+					b = 1e8
+				}
+				sum += b
+			}
+			v := vec(w, float64(n), sum/float64(n))
+			r := score(m, &v, &a, nil)
+			m.Sustain(&a, &v, &r)
+			if w >= start && (attack || w > start+3) {
+				best = math.Max(best, r.Score)
+				if r.Score >= 60 {
+					a.ClearSustained()
+				}
+			}
+			m.Learn(&v, &r, &a, nil, m.LearnWeight(r.Score))
+		}
+		return best
+	}
+	if s := run(true, false); s < 60 {
+		t.Errorf("two hours of 5.6× payloads on 77%% of calls scored %.1f at most, want ≥ 60", s)
+	}
+	if s := run(false, true); s >= 60 {
+		t.Errorf("the windows after one 100 MB call scored %.1f, want < 60", s)
+	}
+}

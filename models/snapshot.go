@@ -162,6 +162,15 @@ func (b *Baseline) fields(c codec) {
 	}
 	c.u8(&flag)
 	b.dayVolumeAlerted = flag == 1
+	c.f32(&b.hourFirst)
+	c.f32(&b.hourBytes)
+	c.f32(&b.hourBytesN)
+	g := &b.hourBytesOut
+	c.f32(&g.mean)
+	c.f32(&g.vr)
+	c.f32(&g.slowMean)
+	c.f32(&g.slowVr)
+	c.u32(&g.n)
 }
 
 // The lengths of the arrays that snapshots held before denied_unfamiliar
