@@ -686,8 +686,9 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 	// it.
 	mu := float64(wph) * a.slotMean(slotOf(v.HourOfWeek))
 	a.hourM = float32(mu)
-	if a.hourFirst > 0 {
-		mu = math.Min(mu, float64(a.hourFirst))
+	borrowed := a.hourFirst > 0 && float64(a.hourFirst) < mu
+	if borrowed {
+		mu = float64(a.hourFirst)
 	}
 	a.hourX += float32(v.Value[features.EventCount])
 	hourly := ""
@@ -705,6 +706,12 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 			spread = a.dispersion()
 		}
 		phi := math.Max(math.Max(0, float64(a.hourNum))/math.Max(float64(a.hourDen), 1e-9), spread)
+		if borrowed {
+			// What a slot borrows from the other kind of day is known
+			// to within a factor of e or so (weekend load is not weekday
+			// load), not to the spread of the agent's own hours.
+			phi = math.Max(phi, 1)
+		}
 		if ph := math.Min(1, effectiveTests*countTail(float64(a.hourX), mu, phi)); ph < p {
 			p, bf, hourly, hourVal, hourExp = ph, features.EventCount, "event_count_this_hour", float64(a.hourX), mu
 		}
