@@ -104,6 +104,7 @@ type Baseline struct {
 	dayMean        [2]float32
 	dayNum, dayDen float32
 	dayN           [2]uint8
+	dayCusum       float32 // CUSUM of days' z above the mean of their kind
 	// Whether a window of the current day already alerted for volume.
 	dayVolumeAlerted bool
 	// The current hour's expectation when it began, for a slot with less

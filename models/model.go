@@ -894,16 +894,37 @@ func (m *Model) dayRollover(a *Baseline, v *features.Vector) (p, x, mu float64) 
 				// Its windows have already said it: not again, and not
 				// into the record either.
 				w = m.cfg.MinLearnWeight
-			} else if a.dayN[kind] >= minDays && cnt > mk {
-				phi := math.Max(0.05, math.Max(0, float64(a.dayNum))/math.Max(float64(a.dayDen), 1e-9))
-				pk := math.Min(1, effectiveTests*countTail(cnt, mk, phi))
+			} else if a.dayN[kind] >= minDays {
+				phi := a.dayDispersion()
+				pk := 1.0
+				if cnt > mk {
+					pk = math.Min(1, effectiveTests*countTail(cnt, mk, phi))
+				}
+				// A drift over days: the day's log ratio to the mean of
+				// its kind, in σ (day-to-day spread and Poisson noise),
+				// summed by a CUSUM, so that a ramp of a fifth more each
+				// day adds up before the mean has followed it.
+				z := math.Log((cnt+1)/(mk+1)) / math.Sqrt(math.Log(1+phi+1/(mk+1)))
+				c := math.Max(0, float64(a.dayCusum)+z-cusumK)
+				a.dayCusum = float32(c)
+				if z > cusumK {
+					pk = math.Min(pk, math.Min(1, 2*effectiveTests*math.Exp(-2*cusumK*c)))
+				}
 				if pk < p {
 					p, x, mu = pk, cnt, mk
 				}
-				w = m.LearnWeight(-10 * math.Log10(math.Max(pk, 1e-300)))
+				score := -10 * math.Log10(math.Max(pk, 1e-300))
+				w = m.LearnWeight(score)
+				if score >= m.cfg.LearnAbove {
+					a.dayCusum = 0 // said; what follows accumulates anew
+				}
 			}
 			if a.dayN[kind] >= 1 {
-				a.dayNum = float32((1-dayAlpha*w)*float64(a.dayNum) + w*dayAlpha*((cnt-mk)*(cnt-mk)-mk))
+				// The residual is winsorised at 3σ of the spread learned so
+				// far, so that a ramp's first days cannot widen the spread
+				// that its next days are judged by.
+				r := math.Min(math.Abs(cnt-mk), 3*math.Sqrt(mk+a.dayDispersion()*mk*mk))
+				a.dayNum = float32((1-dayAlpha*w)*float64(a.dayNum) + w*dayAlpha*(r*r-mk))
 				a.dayDen = float32((1-dayAlpha*w)*float64(a.dayDen) + w*dayAlpha*mk*mk)
 			}
 			a.dayMean[kind] += float32(math.Max(dayAlpha, 1/float64(a.dayN[kind]+1)) * w * (cnt - mk))
@@ -915,6 +936,26 @@ func (m *Model) dayRollover(a *Baseline, v *features.Vector) (p, x, mu float64) 
 	}
 	return p, x, mu
 }
+
+// dayDispersion is the day-to-day φ of the agent's day counts, at least
+// 0.05: days differ by ±22 % however regular the agent.
+func (b *Baseline) dayDispersion() float64 {
+	phi := math.Max(0, float64(b.dayNum)) / math.Max(float64(b.dayDen), 1e-9)
+	n := float64(b.dayN[0]) + float64(b.dayN[1])
+	prior := dayPrior * math.Min(1, b.dispersion())
+	phi = (n*phi + dayPriorDays*prior) / (n + dayPriorDays)
+	return math.Max(0.05, phi)
+}
+
+// A young day record's spread is pulled toward dayPrior (days differ by
+// ±70 %) with the weight of dayPriorDays days, in proportion to how bursty
+// the agent's windows are (φ up to 1): a week of quiet days says little
+// about how busy a bursty agent's busy day can be, while a steady agent's
+// days are as steady as its windows.
+const (
+	dayPrior     = 0.5
+	dayPriorDays = 3
+)
 
 // hourShares are the shares also summed hour by hour.
 var hourShares = [...]features.Feature{features.DenyRate, features.RestrictedShare, features.WeakAuthShare}
@@ -1068,8 +1109,8 @@ func (m *Model) Learn(v *features.Vector, res *Result, a, p *Baseline, weight fl
 		}
 	}
 	if res != nil && !res.Cold && floorDiv(v.Start, int64(24*time.Hour)) == a.dayIdx {
-		a.dayX += float32(weight * v.Value[features.EventCount])
-		if weight < 1 && res.Top() == features.EventCount {
+		a.dayX += float32(v.Value[features.EventCount])
+		if weight <= m.cfg.MinLearnWeight && res.Top() == features.EventCount {
 			a.dayVolumeAlerted = true
 		}
 	}

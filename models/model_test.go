@@ -546,42 +546,66 @@ func TestRunawayBeyondRecord(t *testing.T) {
 }
 
 // A volume ramp over days — which the window model follows — is caught when
-// a day closes, against the slow record of days; an agent whose days vary by
-// a fifth either way is not alerted.
+// a day closes, against the slow record of days, within a week or so of its
+// start even when it takes ten days to reach ten-fold; an agent whose days
+// vary by a fifth either way, or whose load doubles for good, is not
+// alerted.
 func TestVolumeRampByDay(t *testing.T) {
-	run := func(ramp bool) (alerts int, reason string) {
+	// run feeds warm days of a level varying by a fifth day to day, then
+	// 16 days of mult(days since the change) times it, and returns the
+	// alerts after the change, the first one's day and the last reason.
+	run := func(warm int, mult func(d float64) float64) (alerts int, first float64, reason string) {
 		m := newModel(t)
 		rng := rand.New(rand.NewPCG(7, 8))
 		var a Baseline
 		idx := monday
 		level := 20.0
-		for i := range 4000 + 4*288 {
+		first = -1
+		for i := range (warm + 16) * 288 {
 			if i%288 == 0 {
 				level = 20 * (1 + 0.2*(2*rng.Float64()-1))
 			}
 			l := level
-			if ramp && i >= 4000 {
-				l = 20 * math.Pow(10, math.Min(1, float64(i-4000)/(3*288)))
+			d := float64(i-warm*288) / 288
+			if d >= 0 {
+				l = level * mult(d)
 			}
 			n := math.Max(0, math.Round(l+math.Sqrt(l)*rng.NormFloat64()))
 			v := vec(idx, n, 1000)
 			r := score(m, &v, &a, nil)
 			m.Sustain(&a, &v, &r)
-			if r.Score >= 60 && i >= 4000 {
-				alerts++
+			if r.Score >= 60 && d >= 0 {
+				if alerts++; first < 0 {
+					first = d
+				}
 				reason = r.SustainedReason.Feature
 				a.ClearSustained()
 			}
 			m.Learn(&v, &r, &a, nil, m.LearnWeight(r.Score))
 			idx++
 		}
-		return alerts, reason
+		return alerts, first, reason
 	}
-	if n, why := run(true); n == 0 || why != "event_count_day" {
-		t.Errorf("a ten-fold ramp over three days: %d alerts (last by %q), want one by event_count_day", n, why)
+	ramp := func(days float64) func(float64) float64 {
+		return func(d float64) float64 { return math.Pow(10, math.Min(1, d/days)) }
 	}
-	if n, why := run(false); n != 0 {
+	for _, c := range []struct {
+		warm int
+		days float64
+	}{{14, 3}, {14, 7}, {28, 7}, {28, 10}, {28, 14}} {
+		n, first, why := run(c.warm, ramp(c.days))
+		if n == 0 || why != "event_count_day" {
+			t.Errorf("a ten-fold ramp over %v days after %d days of history: %d alerts (last by %q), want one by event_count_day", c.days, c.warm, n, why)
+		} else {
+			t.Logf("ten-fold ramp over %v days after %d days of history: first alert after %.1f days (×%.1f)", c.days, c.warm, first, ramp(c.days)(first))
+		}
+	}
+	if n, _, why := run(14, func(float64) float64 { return 1 }); n != 0 {
 		t.Errorf("days varying by a fifth: %d alerts (last by %q), want none", n, why)
+	}
+	// Business growth, not an attack: the level doubles and stays there.
+	if n, _, why := run(28, func(float64) float64 { return 2 }); n != 0 {
+		t.Errorf("a lasting doubling: %d alerts (last by %q), want none", n, why)
 	}
 }
 

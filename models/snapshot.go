@@ -171,6 +171,7 @@ func (b *Baseline) fields(c codec) {
 	c.f32(&g.slowMean)
 	c.f32(&g.slowVr)
 	c.u32(&g.n)
+	c.f32(&b.dayCusum)
 }
 
 // The lengths of the arrays that snapshots held before denied_unfamiliar
