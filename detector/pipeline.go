@@ -578,7 +578,8 @@ func (p *Pipeline) decide(c *closing, idx int64) {
 	if p.onWindow != nil {
 		p.onWindow(&WindowScore{AgentID: a.id, AgentClass: a.class.name, Vector: &c.v, Result: &c.res, Severity: sev})
 	}
-	p.model.Learn(&c.v, &c.res, &a.base, &a.class.base, p.model.LearnWeight(score))
+	w := max(p.model.LearnWeight(score), p.model.Accept(&a.base, idx, score))
+	p.model.Learn(&c.v, &c.res, &a.base, &a.class.base, w)
 }
 
 // alert emits one alert for c unless one of the same kind was already emitted

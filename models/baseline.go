@@ -105,6 +105,13 @@ type Baseline struct {
 	dayNum, dayDen float32
 	dayN           [2]uint8
 	dayCusum       float32 // CUSUM of days' z above the mean of their kind
+	// The decayed number of recent hours in which the agent alerted, the
+	// window it was last updated at, the last hour counted, and the
+	// acceptance it implies (see Model.Accept).
+	alertHours float32
+	runIdx     int64
+	alertHour  int64
+	accept     float32
 	// Whether a window of the current day already alerted for volume.
 	dayVolumeAlerted bool
 	// The current hour's expectation when it began, for a slot with less

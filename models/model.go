@@ -848,7 +848,13 @@ func (m *Model) learnHourBytes(a *Baseline, wph int64) {
 	if z, ok := m.hourBytesZ(a); ok && z > 0 {
 		w = m.LearnWeight(-10 * math.Log10(math.Max(effectiveTests*spikeTail(z), 1e-300)))
 	}
-	a.hourBytesOut.update(math.Log1p(float64(a.hourBytes)/n), n, m.alphaFast*float64(wph), m.alphaSlow*float64(wph), w)
+	fast, slow := m.alphaFast*float64(wph), m.alphaSlow*float64(wph)
+	if acc := float64(a.accept); acc > 0 { // an accepted change, see Accept
+		w = math.Max(w, acc)
+		r := acc * float64(wph) / m.acceptWindows()
+		fast, slow = math.Max(fast, r), math.Max(slow, r)
+	}
+	a.hourBytesOut.update(math.Log1p(float64(a.hourBytes)/n), n, fast, slow, w)
 }
 
 // dayAlpha is the learning rate of the day record: a 21-day half-life in days.
@@ -1047,6 +1053,37 @@ func round(x float64) float64 {
 	return math.Round(x*mag) / mag
 }
 
+// acceptHours is how quickly an accepted change is learned: its anchors
+// follow it within about this many hours (see learn).
+const acceptHours = 6
+
+func (m *Model) acceptWindows() float64 { return acceptHours * m.windowsPerHour }
+
+// Accept records the score of the agent's window idx and returns how far a
+// persistent change is accepted (0–1): the weight the window is learned at
+// whatever its score, and how much faster than usual (see learn). It counts
+// the hours in which the agent alerted, decaying over a day: an incident
+// alerts in one hour or a few; a change that is still alerting in its fifth
+// hour, and keeps alerting hour after hour, has been reported, and alerting
+// on it for days more, until the slow anchors follow, would bury everything
+// else. Acceptance starts after four such hours and is full after eight. A
+// slow attacker gains nothing: acceptance follows hours of alerts.
+func (m *Model) Accept(a *Baseline, idx int64, score float64) float64 {
+	wph := math.Max(1, math.Round(m.windowsPerHour))
+	hours := float64(a.alertHours)
+	if a.runIdx != 0 && idx > a.runIdx {
+		hours *= math.Exp(-float64(idx-a.runIdx) / (24 * wph))
+	}
+	a.runIdx = idx
+	if h := floorDiv(idx, int64(wph)); score >= m.cfg.LearnAbove && h != a.alertHour {
+		hours++
+		a.alertHour = h
+	}
+	a.alertHours = float32(hours)
+	a.accept = float32(math.Min(1, math.Max(0, (hours-4)/4)))
+	return float64(a.accept)
+}
+
 // LearnWeight is the weight a window with the given score is learned at.
 func (m *Model) LearnWeight(score float64) float64 {
 	c := m.cfg
@@ -1110,7 +1147,7 @@ func (m *Model) Learn(v *features.Vector, res *Result, a, p *Baseline, weight fl
 	}
 	if res != nil && !res.Cold && floorDiv(v.Start, int64(24*time.Hour)) == a.dayIdx {
 		a.dayX += float32(v.Value[features.EventCount])
-		if weight <= m.cfg.MinLearnWeight && res.Top() == features.EventCount {
+		if res.Score >= m.cfg.LearnAbove && res.Top() == features.EventCount {
 			a.dayVolumeAlerted = true
 		}
 	}
@@ -1127,12 +1164,19 @@ func (m *Model) learn(v *features.Vector, b *Baseline, weight, js, slotAlpha flo
 		b.LastIndex = v.Index
 	}
 	n := b.Windows
-	a := ewma(n, m.alphaFast) * weight
+	fast, slow := m.alphaFast, m.alphaSlow
+	if b.accept > 0 {
+		// An accepted change (see Accept) is learned within hours, its
+		// anchors included.
+		r := float64(b.accept) / m.acceptWindows()
+		fast, slow, slotAlpha = math.Max(fast, r), math.Max(slow, r), math.Max(slotAlpha, r)
+	}
+	a := ewma(n, fast) * weight
 
-	b.learnCount(slotOf(v.HourOfWeek), v.Value[features.EventCount], slotAlpha, m.alphaFast, m.alphaSlow, weight)
+	b.learnCount(slotOf(v.HourOfWeek), v.Value[features.EventCount], slotAlpha, fast, slow, weight)
 	for i := range numGauss {
 		if y, ok := gaussValue(v, i, js); ok {
-			b.gauss[i].update(y, gaussN(v, i), m.alphaFast, m.alphaSlow, weight)
+			b.gauss[i].update(y, gaussN(v, i), fast, slow, weight)
 		}
 	}
 	for i := range numRare {
@@ -1150,7 +1194,7 @@ func (m *Model) learn(v *features.Vector, b *Baseline, weight, js, slotAlpha flo
 		if rareFeatures[i] == features.DeniedUnfamiliar {
 			// Probing is learned at the slow rate: one probe must not make
 			// the next one ten times less surprising for days.
-			aq = ewma(n, m.alphaSlow) * weight
+			aq = ewma(n, slow) * weight
 		}
 		r.q += float32(aq * (hit - float64(r.q)))
 	}
@@ -1166,7 +1210,7 @@ func (m *Model) learn(v *features.Vector, b *Baseline, weight, js, slotAlpha flo
 		tot += float64(c)
 	}
 	if tot > 0 {
-		am := ewma(uint32(b.mixN), m.alphaFast) * weight
+		am := ewma(uint32(b.mixN), fast) * weight
 		for i, c := range v.Actions {
 			b.mix[i] += float32(am * (float64(c)/tot - float64(b.mix[i])))
 		}

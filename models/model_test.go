@@ -727,3 +727,45 @@ func TestHourBytesOut(t *testing.T) {
 		t.Errorf("the windows after one 100 MB call scored %.1f, want < 60", s)
 	}
 }
+
+// A lasting change (a new version that sends three times the bytes) is
+// alerted, and once it has alerted hour after hour it is accepted: the
+// baseline follows it within hours instead of alerting for days until the
+// slow anchor does. An incident of an hour or two is not accepted while it
+// lasts.
+func TestPersistentChangeAccepted(t *testing.T) {
+	run := func(hours float64) (alerts int, last float64) {
+		m := newModel(t)
+		rng := rand.New(rand.NewPCG(7, 8))
+		var a Baseline
+		const warm = 28 * 288
+		for i := range warm + 7*288 {
+			d := float64(i-warm) / 288
+			k := 1.0
+			if d >= 0 && d*24 < hours {
+				k = 3
+			}
+			n := 15 + rng.IntN(10)
+			sum := 0.0
+			for range n {
+				sum += 1000 * k * math.Exp(0.5*rng.NormFloat64())
+			}
+			idx := monday + int64(i)
+			v := vec(idx, float64(n), sum/float64(n))
+			r := score(m, &v, &a, nil)
+			m.Sustain(&a, &v, &r)
+			if r.Score >= 60 && d >= 0 {
+				alerts, last = alerts+1, d
+				a.ClearSustained()
+			}
+			m.Learn(&v, &r, &a, nil, math.Max(m.LearnWeight(r.Score), m.Accept(&a, idx, r.Score)))
+		}
+		return alerts, last
+	}
+	if n, last := run(7 * 24); n == 0 || last > 1 {
+		t.Errorf("a lasting ×3: %d alerts, the last after %.1f days; want some, none after the first day", n, last)
+	}
+	if n, last := run(2); n < 5 || last*24 < 1.5 {
+		t.Errorf("a two-hour ×3: %d alerts, the last after %.1f hours; want them to go on to its end (it is not accepted)", n, last*24)
+	}
+}

@@ -172,6 +172,10 @@ func (b *Baseline) fields(c codec) {
 	c.f32(&g.slowVr)
 	c.u32(&g.n)
 	c.f32(&b.dayCusum)
+	c.f32(&b.alertHours)
+	c.i64(&b.runIdx)
+	c.i64(&b.alertHour)
+	c.f32(&b.accept)
 }
 
 // The lengths of the arrays that snapshots held before denied_unfamiliar
