@@ -37,9 +37,11 @@ type rare struct {
 	q, size float32
 }
 
-// share is a decaying binomial rate: k successes in n trials, both decayed.
+// share is a decaying binomial rate: k successes in n trials, both decayed,
+// at the fast rate and (the anchor) at the slow one.
 type share struct {
-	k, n float32
+	k, n         float32
+	slowK, slowN float32
 }
 
 // slot is the seasonal event-count model for one hour-of-week slot: the

@@ -356,10 +356,24 @@ func (m *Model) Evaluate(v *features.Vector, a, p *Baseline, res *Result) {
 		if warmPeer {
 			prior = (float64(p.share[i].k) + 0.2) / (float64(p.share[i].n) + 10)
 		}
-		rate := (float64(a.share[i].k) + 20*prior) / (float64(a.share[i].n) + 20)
+		sh := &a.share[i]
+		rate := (float64(sh.k) + 20*prior) / (float64(sh.n) + 20)
 		rate = math.Min(0.98, math.Max(shareFloor(f), rate))
 		kk := v.Value[f]
-		res.set(f, kk/n, rate, zFromP(binomTail(kk, n, rate)))
+		z := zFromP(binomTail(kk, n, rate))
+		// Against the slow anchor too, discounted as for the Gaussian
+		// features: a rate that has crept up over days, which the fast
+		// rate has followed, still shows.
+		if sh.slowN >= 0.5*sh.n && kk > 0 {
+			srate := (float64(sh.slowK) + 20*prior) / (float64(sh.slowN) + 20)
+			srate = math.Min(0.98, math.Max(shareFloor(f), srate))
+			if srate < rate {
+				if zs := 0.8 * zFromP(binomTail(kk, n, srate)); zs > z {
+					z, rate = zs, srate
+				}
+			}
+		}
+		res.set(f, kk/n, rate, z)
 	}
 }
 
@@ -1198,12 +1212,14 @@ func (m *Model) learn(v *features.Vector, b *Baseline, weight, js, slotAlpha flo
 		}
 		r.q += float32(aq * (hit - float64(r.q)))
 	}
-	decay := 1 - a
+	decay, slowDecay := 1-a, 1-ewma(n, slow)*weight
 	for i := range numShare {
 		f := shareFeatures[i]
 		sh := &b.share[i]
 		sh.k = float32(decay*float64(sh.k) + weight*v.Value[f])
 		sh.n = float32(decay*float64(sh.n) + weight*v.Trials[f])
+		sh.slowK = float32(slowDecay*float64(sh.slowK) + weight*v.Value[f])
+		sh.slowN = float32(slowDecay*float64(sh.slowN) + weight*v.Trials[f])
 	}
 	var tot float64
 	for _, c := range v.Actions {

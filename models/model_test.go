@@ -769,3 +769,39 @@ func TestPersistentChangeAccepted(t *testing.T) {
 		t.Errorf("a two-hour ×3: %d alerts, the last after %.1f hours; want them to go on to its end (it is not accepted)", n, last*24)
 	}
 }
+
+// A deny rate creeping from 1 % to 15 % over three days, which the fast rate
+// follows, shows against the slow anchor before the ramp ends.
+func TestShareSlowAnchor(t *testing.T) {
+	m := newModel(t)
+	rng := rand.New(rand.NewPCG(7, 8))
+	var a Baseline
+	const warm = 28 * 288
+	first := -1.0
+	for i := range warm + 4*288 {
+		d := float64(i-warm) / 288
+		rate := 0.01
+		if d >= 0 {
+			rate = 0.01 * math.Pow(15, math.Min(1, d/3))
+		}
+		n := 15 + rng.IntN(10)
+		k := 0
+		for range n {
+			if rng.Float64() < rate {
+				k++
+			}
+		}
+		idx := monday + int64(i)
+		v := vec(idx, float64(n), 1000)
+		v.Value[features.DenyRate] = float64(k)
+		r := score(m, &v, &a, nil)
+		m.Sustain(&a, &v, &r)
+		if r.Score >= 60 && d >= 0 && first < 0 {
+			first = d
+		}
+		m.Learn(&v, &r, &a, nil, m.LearnWeight(r.Score))
+	}
+	if first < 0 || first > 3 {
+		t.Errorf("deny rate ramp over three days: first alert at day %.2f, want within the ramp", first)
+	}
+}

@@ -176,6 +176,10 @@ func (b *Baseline) fields(c codec) {
 	c.i64(&b.runIdx)
 	c.i64(&b.alertHour)
 	c.f32(&b.accept)
+	for i := range b.share {
+		c.f32(&b.share[i].slowK)
+		c.f32(&b.share[i].slowN)
+	}
 }
 
 // The lengths of the arrays that snapshots held before denied_unfamiliar
