@@ -35,6 +35,7 @@ type gauss struct {
 // new items is geometric with mean size.
 type rare struct {
 	q, size float32
+	slowQ   float32 // q at the slow rate: the anchor
 }
 
 // share is a decaying binomial rate: k successes in n trials, both decayed,
@@ -90,8 +91,10 @@ type Baseline struct {
 	hourX, hourM float32
 	// First-seen items this hour and their expectation.
 	hourNew, hourNewExp [len(hourNovelty)]float32
-	hourNum, hourDen    float32
-	hourN               uint16
+	// The same over the last hours, decaying (see recentHours).
+	recentNew, recentExp [len(hourNovelty)]float32
+	hourNum, hourDen     float32
+	hourN                uint16
 	// Calls, calls of each kind in hourShares and their expectation, this hour.
 	hourShareK, hourShareN, hourShareExp [len(hourShares)]float32
 	// The largest window the agent has had (decaying at the slow rate), and

@@ -125,6 +125,7 @@ type Result struct {
 	P        float64           // combined tail probability, set by Finish
 	Cold     bool              // not scored: neither the agent nor its peer group is warm
 	gz       [numGauss]float64 // raw Gaussian z of the Gaussian features, for tail learning
+	anchor   [numRare]float64  // first-seen items expected at the slower of the two rates
 	// Sustained is the feature whose sustained deviation over consecutive
 	// windows (see Sustain) made the score, or -1; SustainedReason explains it.
 	Sustained       features.Feature
@@ -337,11 +338,22 @@ func (m *Model) Evaluate(v *features.Vector, a, p *Baseline, res *Result) {
 		size = math.Max(size, 1.5)
 		kk := v.Value[f]
 		pt := 1.0
+		g := math.Min(1-1/size, 0.85)
 		if kk > 0 {
-			g := math.Min(1-1/size, 0.85)
 			pt = q * math.Pow(g, kk-1)
 		}
-		res.set(f, kk, q*size, zFromP(pt))
+		z := zFromP(pt)
+		res.anchor[i] = q * size
+		// Against the slow anchor too (discounted, as for the Gaussian
+		// features): a stream of new targets whose rate the fast q has
+		// followed within hours still shows.
+		if sq := math.Max(float64(a.rare[i].slowQ), rareFloor(f)); warmAgent && a.rare[i].slowQ > 0 && sq < q {
+			res.anchor[i] = sq * size
+			if zs := 0.8 * zFromP(sq*math.Pow(g, kk-1)); kk > 0 && zs > z {
+				z, q = zs, sq
+			}
+		}
+		res.set(f, kk, q*size, z)
 	}
 
 	// Shares (deny, error, restricted, weak auth): binomial with the agent's
@@ -614,9 +626,10 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 		return
 	}
 	idx := v.Index
-	drain := 0.0
+	drain, gap := 0.0, int64(1)
 	if a.cusumIdx != 0 && idx > a.cusumIdx+1 {
 		drain = cusumK * float64(idx-a.cusumIdx-1)
+		gap = idx - a.cusumIdx
 	}
 	a.cusumIdx = idx
 	best, bf := 0.0, features.Feature(-1)
@@ -761,6 +774,27 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 		}
 		x, lam := float64(a.hourNew[i]), float64(a.hourNewExp[i])
 		hourTest(f, countTail(x, lam, 0.25), x, lam)
+	}
+	// First-seen items over the last hours, as sums decaying with a
+	// recentHours time constant instead of restarting each hour: a steady
+	// trickle of new targets, two or three an hour where the agent sees one
+	// a day, is plain over an afternoon and never in any one hour.
+	lam := math.Exp(-float64(gap) / (recentHours * float64(wph)))
+	for i, f := range hourNovelty {
+		a.recentNew[i] *= float32(lam)
+		a.recentExp[i] *= float32(lam)
+		if !res.Scored[f] {
+			continue
+		}
+		a.recentNew[i] += float32(res.Value[f])
+		a.recentExp[i] += float32(res.anchor[hourNoveltyRare[i]])
+		if res.Value[f] == 0 {
+			continue
+		}
+		x, e := float64(a.recentNew[i]), float64(a.recentExp[i])
+		if pr := math.Min(1, effectiveTests*countTail(x, e, 0.25)); pr < p {
+			p, bf, hourly, hourVal, hourExp = pr, f, f.String()+"_recent", x, e
+		}
 	}
 	// Denied, restricted and weak-auth calls over the hour so far against
 	// the agent's rate, with the per-window overdispersion: for an agent of
@@ -980,8 +1014,24 @@ const (
 // hourShares are the shares also summed hour by hour.
 var hourShares = [...]features.Feature{features.DenyRate, features.RestrictedShare, features.WeakAuthShare}
 
+// recentHours is the time constant, in hours, of the decaying sums of
+// first-seen items (see Sustain).
+const recentHours = 6
+
 // hourNovelty are the first-seen counts also summed hour by hour.
 var hourNovelty = [...]features.Feature{features.NewTargets, features.NewActions, features.NewToPeers, features.DeniedUnfamiliar}
+
+// hourNoveltyRare is the index in rareFeatures of each of hourNovelty.
+var hourNoveltyRare = func() (r [len(hourNovelty)]int) {
+	for i, f := range hourNovelty {
+		for j, g := range rareFeatures {
+			if f == g {
+				r[i] = j
+			}
+		}
+	}
+	return r
+}()
 
 func floorDiv(a, b int64) int64 {
 	q := a / b
@@ -1001,6 +1051,8 @@ func (b *Baseline) ClearSustained() {
 	b.hourX = 0
 	clear(b.hourNew[:])
 	clear(b.hourNewExp[:])
+	clear(b.recentNew[:])
+	clear(b.recentExp[:])
 	b.clearHourShares()
 }
 
@@ -1199,18 +1251,23 @@ func (m *Model) learn(v *features.Vector, b *Baseline, weight, js, slotAlpha flo
 		hit := 0.0
 		if k > 0 {
 			hit = 1
-			r.size += float32(a * (k - float64(r.size)))
 			if r.size == 0 || n == 0 {
 				r.size = float32(k)
+			} else {
+				r.size += float32(a * (k - float64(r.size)))
 			}
 		}
-		aq := a
+		aq, as := a, ewma(n, slow)*weight
 		if rareFeatures[i] == features.DeniedUnfamiliar {
 			// Probing is learned at the slow rate: one probe must not make
 			// the next one ten times less surprising for days.
-			aq = ewma(n, slow) * weight
+			aq = as
 		}
 		r.q += float32(aq * (hit - float64(r.q)))
+		if r.slowQ == 0 && n > 0 {
+			r.slowQ = r.q // an older snapshot's: start the anchor where q is
+		}
+		r.slowQ += float32(as * (hit - float64(r.slowQ)))
 	}
 	decay, slowDecay := 1-a, 1-ewma(n, slow)*weight
 	for i := range numShare {

@@ -805,3 +805,44 @@ func TestShareSlowAnchor(t *testing.T) {
 		t.Errorf("deny rate ramp over three days: first alert at day %.2f, want within the ramp", first)
 	}
 }
+
+// A steady trickle of new targets — one every twenty minutes where the agent
+// sees one a day — is alerted within the day (no single hour shows it),
+// and the agent's usual one a day is not.
+func TestNoveltyTrickle(t *testing.T) {
+	run := func(rate float64) (alerts int, first float64) {
+		m := newModel(t)
+		rng := rand.New(rand.NewPCG(7, 8))
+		var a Baseline
+		const warm = 28 * 288
+		first = -1
+		for i := range warm + 2*288 {
+			d := float64(i-warm) / 288
+			p := 1.0 / 288
+			if d >= 0 {
+				p = rate
+			}
+			idx := monday + int64(i)
+			v := vec(idx, float64(15+rng.IntN(10)), 1000)
+			if rng.Float64() < p {
+				v.Value[features.NewTargets] = 1
+			}
+			r := score(m, &v, &a, nil)
+			m.Sustain(&a, &v, &r)
+			if r.Score >= 60 && d >= 0 {
+				if alerts++; first < 0 {
+					first = d
+				}
+				a.ClearSustained()
+			}
+			m.Learn(&v, &r, &a, nil, math.Max(m.LearnWeight(r.Score), m.Accept(&a, idx, r.Score)))
+		}
+		return alerts, first
+	}
+	if n, first := run(0.25); n == 0 || first > 1 {
+		t.Errorf("new targets in a quarter of windows: %d alerts, the first at day %.2f; want one within the day", n, first)
+	}
+	if n, _ := run(1.0 / 288); n != 0 {
+		t.Errorf("the usual new target a day: %d alerts, want none", n)
+	}
+}

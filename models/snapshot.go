@@ -180,6 +180,13 @@ func (b *Baseline) fields(c codec) {
 		c.f32(&b.share[i].slowK)
 		c.f32(&b.share[i].slowN)
 	}
+	for i := range b.rare {
+		c.f32(&b.rare[i].slowQ)
+	}
+	for i := range b.recentNew {
+		c.f32(&b.recentNew[i])
+		c.f32(&b.recentExp[i])
+	}
 }
 
 // The lengths of the arrays that snapshots held before denied_unfamiliar
