@@ -82,6 +82,7 @@ type Model struct {
 	alphaFast, alphaSlow  float64
 	alphaSlot, alphaPeerS float64
 	windowsPerHour        float64
+	recentDecay           float64 // one window's decay of the recent sums (see Sustain)
 	chi2, chi2Sustained   distuv.ChiSquared
 }
 
@@ -99,6 +100,7 @@ func New(cfg Config) (*Model, error) {
 	return &Model{
 		cfg: cfg, alphaFast: perHalf(cfg.FastHalfLife), alphaSlow: perHalf(cfg.SlowHalfLife),
 		alphaSlot: slotAlpha, alphaPeerS: slotAlpha / 10, windowsPerHour: wph,
+		recentDecay:   math.Exp(-1 / (recentHours * float64(max(int64(wph), 1)))),
 		chi2:          distuv.ChiSquared{K: float64(features.NumFeatures)},
 		chi2Sustained: distuv.ChiSquared{K: float64(len(sustainedFeatures))},
 	}, nil
@@ -779,7 +781,10 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 	// recentHours time constant instead of restarting each hour: a steady
 	// trickle of new targets, two or three an hour where the agent sees one
 	// a day, is plain over an afternoon and never in any one hour.
-	lam := math.Exp(-float64(gap) / (recentHours * float64(wph)))
+	lam := m.recentDecay
+	if gap != 1 {
+		lam = math.Exp(-float64(gap) / (recentHours * float64(wph)))
+	}
 	for i, f := range hourNovelty {
 		a.recentNew[i] *= float32(lam)
 		a.recentExp[i] *= float32(lam)
@@ -1135,6 +1140,10 @@ func (m *Model) acceptWindows() float64 { return acceptHours * m.windowsPerHour 
 // else. Acceptance starts after four such hours and is full after eight. A
 // slow attacker gains nothing: acceptance follows hours of alerts.
 func (m *Model) Accept(a *Baseline, idx int64, score float64) float64 {
+	if a.alertHours == 0 && score < m.cfg.LearnAbove {
+		a.runIdx = idx // nothing to decay, nothing to count
+		return 0
+	}
 	wph := math.Max(1, math.Round(m.windowsPerHour))
 	hours := float64(a.alertHours)
 	if a.runIdx != 0 && idx > a.runIdx {
