@@ -1154,6 +1154,9 @@ func (m *Model) Accept(a *Baseline, idx int64, score float64) float64 {
 		hours++
 		a.alertHour = h
 	}
+	if hours < 0.01 {
+		hours = 0 // long quiet: back to the fast path
+	}
 	a.alertHours = float32(hours)
 	a.accept = float32(math.Min(1, math.Max(0, (hours-4)/4)))
 	return float64(a.accept)
