@@ -3,6 +3,7 @@ package detector
 import (
 	"cmp"
 	"errors"
+	"math"
 	"slices"
 	"time"
 
@@ -39,15 +40,16 @@ type Stats struct {
 
 // agent is the state of one agent. It is owned by one Pipeline.
 type agent struct {
-	id      string
-	class   *class
-	seen    features.SeenSet
-	probes  features.Probes
-	base    models.Baseline
-	win     *[2]features.Window // windows i and i+1 may be open at once; nil while idle
-	open    [2]bool
-	persist int   // consecutive windows at warning or above
-	lastIdx int64 // last window scored
+	id       string
+	class    *class
+	seen     features.SeenSet
+	probes   features.Probes
+	base     models.Baseline
+	win      *[2]features.Window // windows i and i+1 may be open at once; nil while idle
+	open     [2]bool
+	persist  int   // consecutive windows at warning or above
+	lastIdx  int64 // last window scored
+	novelIdx int64 // last window with a new target or action (not checkpointed)
 	// Early-decision triggers for the open windows: recheck when crossed.
 	nextN, nextNew, nextBad [2]uint32
 	// order[s] is when window s was scheduled (Pipeline.order): windows that
@@ -68,7 +70,12 @@ type class struct {
 	// Per-close scratch: agents closing now, and how many show each novelty.
 	closing int
 	novel   [features.NumFeatures]int
-	changed bool // listed in Pipeline.changedClasses
+	// Agents that began to see new targets (or actions) within about the
+	// last hour, decaying, and the window they were last decayed at: a
+	// deployment rolls out over half an hour, not in one window.
+	onsets   [2]float64
+	onsetIdx int64
+	changed  bool // listed in Pipeline.changedClasses
 }
 
 // closing is one window being closed.
@@ -518,20 +525,50 @@ func (p *Pipeline) corroborate(batch []closing) {
 		c.closing = 0
 		clear(c.novel[:])
 	}
+	hour := int64(time.Hour) / p.size
 	for i := range batch {
-		c := batch[i].a.class
+		a, v := batch[i].a, &batch[i].v
+		c := a.class
 		c.closing++
 		for _, f := range novelFeatures {
-			if batch[i].v.Value[f] > 0 {
+			if v.Value[f] > 0 {
 				c.novel[f]++
 			}
+		}
+		if c.onsetIdx != v.Index {
+			decay := math.Exp(-float64(v.Index-c.onsetIdx) / float64(max(hour, 1)))
+			c.onsets[0], c.onsets[1], c.onsetIdx = c.onsets[0]*decay, c.onsets[1]*decay, v.Index
+		}
+		if v.Value[features.NewTargets] > 0 || v.Value[features.NewActions] > 0 {
+			if v.Index-a.novelIdx > hour {
+				for k, f := range [...]features.Feature{features.NewTargets, features.NewActions} {
+					if v.Value[f] > 0 {
+						c.onsets[k]++
+					}
+				}
+			}
+			a.novelIdx = v.Index
 		}
 	}
 	for i := range batch {
 		c := batch[i].a.class
 		res := &batch[i].res
+		for k, f := range [...]features.Feature{features.NewTargets, features.NewActions} {
+			if n := c.onsets[k]; n >= 3 && 4*n >= float64(c.closing) {
+				// A deployment, rolling out: the agents' action mixes
+				// move with it for a while (see models.MarkFleetChange),
+				// and their first sight of it is no one's alone.
+				p.model.MarkFleetChange(&c.base, batch[i].v.Index)
+				res.Z[features.ActionMix] = min(res.Z[features.ActionMix], 1.5)
+				c.novel[f] = max(c.novel[f], (c.closing+3)/4, 3)
+			}
+		}
 		for _, f := range novelFeatures {
-			if n := c.novel[f]; n >= 3 && 4*n >= c.closing && res.Z[f] > 1.5 {
+			n := c.novel[f]
+			if n < 3 || 4*n < c.closing {
+				continue
+			}
+			if res.Z[f] > 1.5 {
 				res.Z[f] = 1.5
 				if f != features.NewToPeers && res.Z[features.NewToPeers] > 1.5 {
 					res.Z[features.NewToPeers] = 1.5

@@ -355,3 +355,56 @@ func TestYoungAgentIdentityNotNewToPeers(t *testing.T) {
 		t.Errorf("a newcomer calling unknown targets: %v items new to the group, want its targets", n)
 	}
 }
+
+// A deployment rolls out over half an hour: every agent of the group moves,
+// one after another, to a new service with a new action. Once a few have
+// moved, the others' first sight of it and their changed action mix are the
+// group's change, not theirs: they are not alerted (the first movers,
+// alone with it, may be when they move).
+func TestRolloutAcrossWindowsIsFleetWide(t *testing.T) {
+	const n = 16
+	start := t0.Add(3 * 24 * time.Hour)
+	events := fleet(n, 120, t0, 3*24*time.Hour+2*time.Hour, 7)
+	moved := func(agent string) (time.Time, int) {
+		var i int
+		fmt.Sscanf(agent[len(agent)-2:], "%d", &i)
+		return start.Add(time.Duration(i) * 2 * time.Minute), i
+	}
+	for k := range events {
+		if at, _ := moved(events[k].agent); !events[k].ts.Before(at) {
+			events[k].target, events[k].action = "svc-v3", "op.batch"
+		}
+	}
+	var alerts []*Alert
+	p, err := NewPipeline(DefaultConfig(), func(a *Alert) { alerts = append(alerts, a) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The movers after the fifth: is their first sight of the new service
+	// still scored as theirs alone?
+	alone := 0
+	p.OnWindow(func(w *WindowScore) {
+		if _, i := moved(w.AgentID); i >= 5 && w.Vector.Value[features.NewTargets] > 0 && w.Result.Z[features.NewTargets] > 1.5 {
+			alone++
+		}
+	})
+	for _, e := range events {
+		if err := p.Process([]byte(e.json())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Flush()
+	if alone != 0 {
+		t.Errorf("%d later movers' first sight of the new service scored as their own (z > 1.5), want none", alone)
+	}
+	late := 0
+	for _, a := range alerts {
+		if !a.WindowStart.Before(start.Add(15 * time.Minute)) {
+			late++
+			t.Logf("%s %s %.1f %v", a.AgentID, a.WindowStart.UTC().Format("15:04"), a.Score, a.Reasons[0])
+		}
+	}
+	if late != 0 {
+		t.Errorf("%d alerts from a quarter of an hour into the rollout (seven agents moved), want none", late)
+	}
+}

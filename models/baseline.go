@@ -117,6 +117,9 @@ type Baseline struct {
 	runIdx     int64
 	alertHour  int64
 	accept     float32
+	// Peer groups only: the last window of the fleet-wide change recorded
+	// by Model.MarkFleetChange.
+	fleetUntil int64
 	// Whether a window of the current day already alerted for volume.
 	dayVolumeAlerted bool
 	// The current hour's expectation when it began, for a slot with less

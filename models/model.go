@@ -319,6 +319,12 @@ func (m *Model) Evaluate(v *features.Vector, a, p *Baseline, res *Result) {
 		} else if zs > z {
 			z = zs
 		}
+		if f == features.ActionMix && p != nil && v.Index <= p.fleetUntil {
+			// The peer group has just moved to new targets or actions
+			// together (a deployment): an agent's mix moving with it is
+			// explained, and is learned as it goes.
+			z, res.gz[i] = math.Min(z, fleetZ), math.Min(res.gz[i], fleetZ)
+		}
 		res.set(f, val, exp, z)
 	}
 
@@ -1122,6 +1128,19 @@ func round(x float64) float64 {
 	}
 	mag := math.Pow(10, 3-math.Floor(math.Log10(math.Abs(x))))
 	return math.Round(x*mag) / mag
+}
+
+// fleetZ caps the z of what a fleet-wide change explains (see
+// MarkFleetChange and the detector's corroboration).
+const fleetZ = 1.5
+
+// MarkFleetChange records in the peer group's baseline p that a quarter or
+// more of the group showed the same first-seen behaviour in window idx (a
+// deployment moving every agent to a new service): for the next two fast
+// half-lives, while the agents' own baselines learn it, an agent's action
+// mix moving away from its usual one is not scored above fleetZ.
+func (m *Model) MarkFleetChange(p *Baseline, idx int64) {
+	p.fleetUntil = max(p.fleetUntil, idx+int64(2*m.cfg.FastHalfLife/m.cfg.WindowSize))
 }
 
 // acceptHours is how quickly an accepted change is learned: its anchors

@@ -846,3 +846,30 @@ func TestNoveltyTrickle(t *testing.T) {
 		t.Errorf("the usual new target a day: %d alerts, want none", n)
 	}
 }
+
+// After a fleet-wide change is marked on the peer group, an agent's action
+// mix moving away from its usual one is explained for a while.
+func TestFleetChangeExplainsMix(t *testing.T) {
+	m := newModel(t)
+	var a, p Baseline
+	for i := range int64(2000) {
+		v := vec(monday+i, 40, 1000)
+		v.Actions[0], v.Actions[1] = 20, 20
+		r := score(m, &v, &a, &p)
+		m.Learn(&v, &r, &a, &p, 1)
+	}
+	idx := monday + 2000
+	v := vec(idx, 40, 1000)
+	v.Actions[0], v.Actions[1], v.Actions[7] = 0, 0, 40
+	before := score(m, &v, &a, &p)
+	old := p
+	m.MarkFleetChange(&p, idx-1)
+	after := score(m, &v, &a, &p)
+	if before.Z[features.ActionMix] < 4 || after.Z[features.ActionMix] > fleetZ {
+		t.Errorf("mix z %.1f before the fleet change was marked, %.1f after; want ≥ 4, then ≤ %v", before.Z[features.ActionMix], after.Z[features.ActionMix], fleetZ)
+	}
+	m.MarkFleetChange(&old, idx-1-5*288)
+	if later := score(m, &v, &a, &old); later.Z[features.ActionMix] <= fleetZ {
+		t.Errorf("a fleet change five days old still explains the mix (z %.1f)", later.Z[features.ActionMix])
+	}
+}

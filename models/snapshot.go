@@ -187,6 +187,7 @@ func (b *Baseline) fields(c codec) {
 		c.f32(&b.recentNew[i])
 		c.f32(&b.recentExp[i])
 	}
+	c.i64(&b.fleetUntil)
 }
 
 // The lengths of the arrays that snapshots held before denied_unfamiliar
