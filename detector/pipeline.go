@@ -513,19 +513,23 @@ func (p *Pipeline) closeOne(a *agent, s int) {
 }
 
 // corroborate discounts first-seen features that a good part of a peer group
-// shows in the same window: a fleet-wide deployment moves every agent of a
-// class to a new service at once, a compromised agent moves alone. A feature
-// is corroborated when at least 3 agents and a quarter of the group's agents
-// closing now show it; its z is then capped at 1.5 for the whole group. (An
-// attacker controlling a quarter of a class at once escapes this one signal,
-// not the others.)
+// shows together: a fleet-wide deployment moves every agent of a class to a
+// new service within minutes, a compromised agent moves alone. A feature is
+// corroborated when at least 3 agents and a quarter of the group's agents
+// closing now show it in this window, or — for new targets and actions, as
+// a deployment rolls out over half an hour — began to show it within about
+// the last hour; its z is then capped at 1.5 for the whole group, and a
+// rollout is recorded on the group's baseline so that the agents' action
+// mixes moving with it are explained while they learn it
+// (models.MarkFleetChange). (An attacker controlling a quarter of a class at
+// once escapes this one signal, not the others.)
 func (p *Pipeline) corroborate(batch []closing) {
 	for i := range batch {
 		c := batch[i].a.class
 		c.closing = 0
 		clear(c.novel[:])
 	}
-	hour := int64(time.Hour) / p.size
+	hour := max(int64(time.Hour)/p.size, 1)
 	for i := range batch {
 		a, v := batch[i].a, &batch[i].v
 		c := a.class
@@ -536,12 +540,12 @@ func (p *Pipeline) corroborate(batch []closing) {
 			}
 		}
 		if c.onsetIdx != v.Index {
-			decay := math.Exp(-float64(v.Index-c.onsetIdx) / float64(max(hour, 1)))
+			decay := math.Exp(-float64(v.Index-c.onsetIdx) / float64(hour))
 			c.onsets[0], c.onsets[1], c.onsetIdx = c.onsets[0]*decay, c.onsets[1]*decay, v.Index
 		}
 		if v.Value[features.NewTargets] > 0 || v.Value[features.NewActions] > 0 {
-			if v.Index-a.novelIdx > hour {
-				for k, f := range [...]features.Feature{features.NewTargets, features.NewActions} {
+			if v.Index-a.novelIdx > hour { // an onset, not more of the same
+				for k, f := range onsetFeatures {
 					if v.Value[f] > 0 {
 						c.onsets[k]++
 					}
@@ -553,19 +557,14 @@ func (p *Pipeline) corroborate(batch []closing) {
 	for i := range batch {
 		c := batch[i].a.class
 		res := &batch[i].res
-		for k, f := range [...]features.Feature{features.NewTargets, features.NewActions} {
-			if n := c.onsets[k]; n >= 3 && 4*n >= float64(c.closing) {
-				// A deployment, rolling out: the agents' action mixes
-				// move with it for a while (see models.MarkFleetChange),
-				// and their first sight of it is no one's alone.
+		for _, f := range novelFeatures {
+			n := float64(c.novel[f])
+			if k := slices.Index(onsetFeatures[:], f); k >= 0 && c.onsets[k] >= 3 && 4*c.onsets[k] >= float64(c.closing) {
 				p.model.MarkFleetChange(&c.base, batch[i].v.Index)
 				res.Z[features.ActionMix] = min(res.Z[features.ActionMix], 1.5)
-				c.novel[f] = max(c.novel[f], (c.closing+3)/4, 3)
+				n = max(n, c.onsets[k])
 			}
-		}
-		for _, f := range novelFeatures {
-			n := c.novel[f]
-			if n < 3 || 4*n < c.closing {
+			if n < 3 || 4*n < float64(c.closing) {
 				continue
 			}
 			if res.Z[f] > 1.5 {
@@ -577,6 +576,10 @@ func (p *Pipeline) corroborate(batch []closing) {
 		}
 	}
 }
+
+// onsetFeatures are the first-seen features whose onsets corroborate counts
+// across windows.
+var onsetFeatures = [...]features.Feature{features.NewTargets, features.NewActions}
 
 var novelFeatures = [...]features.Feature{features.NewTargets, features.NewActions, features.NewCredentials, features.NewSources, features.NewToPeers}
 
