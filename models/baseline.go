@@ -63,6 +63,7 @@ type slot struct {
 type Baseline struct {
 	Windows   uint32 // windows learned from (saturating)
 	LastIndex int64  // last window number learned; gaps are empty windows
+	firstIdx  int64  // first window number learned
 	gauss     [numGauss]gauss
 	rare      [numRare]rare
 	share     [numShare]share

@@ -242,34 +242,13 @@ func (m *Model) Evaluate(v *features.Vector, a, p *Baseline, res *Result) {
 		return w*x + (1-w)*y
 	}
 
-	// Event count against the seasonal expectation for this hour.
-	s := slotOf(v.HourOfWeek)
-	mu, disp := m.expectedCount(a, p, s, warmPeer)
-	k := v.Value[features.EventCount]
-	if quiet(mu) > 0 {
-		disp = a.quietDispersion()
-		if warmPeer {
-			disp = math.Max(disp, p.quietDispersion())
-		}
+	// Event count against the seasonal expectation for this hour, once the
+	// agent or its warm peer group has a day of history: before that, the
+	// hours it has not seen are guesses (a brand-new group's nightly batch
+	// at 01:00 is not a runaway).
+	if m.seasoned(a, warmAgent) || m.seasoned(p, warmPeer) {
+		m.evaluateCount(v, a, p, warmPeer, res)
 	}
-	pc := countTail(k, mu, disp)
-	if k > mu {
-		// An agent that has often been this far above its expectation
-		// (bursts) is not surprising, whatever the negative binomial says.
-		// A young agent has not had time to burst: its peers' bursts stand
-		// in for its own until its histogram holds about a day of windows.
-		t, mass := a.ratioTail(k, mu)
-		if warmPeer {
-			pt, _ := p.ratioTail(k, mu)
-			w := mass / (mass + m.alphaFast*m.windowsPerHour*24)
-			t = w*t + (1-w)*pt
-		}
-		pc = math.Max(pc, t)
-		// Far beyond anything the agent has had: a bursty agent's spread
-		// says little about a window many times its largest burst.
-		pc = math.Min(pc, a.record(k, m.windowsPerDay()))
-	}
-	res.set(features.EventCount, k, mu, zFromP(pc))
 
 	// Gaussian features, against the fast and (discounted) slow baselines.
 	js := m.mixDistance(v, a, p, warmPeer)
@@ -395,6 +374,44 @@ func (m *Model) Evaluate(v *features.Vector, a, p *Baseline, res *Result) {
 		}
 		res.set(f, kk/n, rate, z)
 	}
+}
+
+// seasoned reports whether baseline b (warm: scored at all) has a day of
+// history behind it, which the seasonal count model needs.
+func (m *Model) seasoned(b *Baseline, warm bool) bool {
+	return warm && float64(b.LastIndex-b.firstIdx) >= m.windowsPerDay()
+}
+
+// evaluateCount scores the window's event count against the seasonal
+// expectation (see Evaluate).
+func (m *Model) evaluateCount(v *features.Vector, a, p *Baseline, warmPeer bool, res *Result) {
+	s := slotOf(v.HourOfWeek)
+	mu, disp := m.expectedCount(a, p, s, warmPeer)
+	k := v.Value[features.EventCount]
+	if quiet(mu) > 0 {
+		disp = a.quietDispersion()
+		if warmPeer {
+			disp = math.Max(disp, p.quietDispersion())
+		}
+	}
+	pc := countTail(k, mu, disp)
+	if k > mu {
+		// An agent that has often been this far above its expectation
+		// (bursts) is not surprising, whatever the negative binomial says.
+		// A young agent has not had time to burst: its peers' bursts stand
+		// in for its own until its histogram holds about a day of windows.
+		t, mass := a.ratioTail(k, mu)
+		if warmPeer {
+			pt, _ := p.ratioTail(k, mu)
+			w := mass / (mass + m.alphaFast*m.windowsPerHour*24)
+			t = w*t + (1-w)*pt
+		}
+		pc = math.Max(pc, t)
+		// Far beyond anything the agent has had: a bursty agent's spread
+		// says little about a window many times its largest burst.
+		pc = math.Min(pc, a.record(k, m.windowsPerDay()))
+	}
+	res.set(features.EventCount, k, mu, zFromP(pc))
 }
 
 // shareFloor is the least per-call rate of a share feature. Denials, errors
@@ -1259,6 +1276,9 @@ func (m *Model) Learn(v *features.Vector, res *Result, a, p *Baseline, weight fl
 func (m *Model) learn(v *features.Vector, b *Baseline, weight, js, slotAlpha float64) {
 	if v.Index > b.LastIndex || b.Windows == 0 {
 		b.LastIndex = v.Index
+	}
+	if b.Windows == 0 {
+		b.firstIdx = v.Index
 	}
 	n := b.Windows
 	fast, slow := m.alphaFast, m.alphaSlow

@@ -873,3 +873,28 @@ func TestFleetChangeExplainsMix(t *testing.T) {
 		t.Errorf("a fleet change five days old still explains the mix (z %.1f)", later.Z[features.ActionMix])
 	}
 }
+
+// The seasonal count model needs a day: a brand-new agent in a brand-new
+// group is not scored on its event count until its history spans one (its
+// first nightly batch is not a runaway), then it is.
+func TestCountWaitsForADayOfHistory(t *testing.T) {
+	m := newModel(t)
+	var a Baseline
+	learn := func(from, to int64) {
+		for i := from; i < to; i++ {
+			v := vec(monday+i, 5, 1000)
+			r := score(m, &v, &a, nil)
+			m.Learn(&v, &r, &a, nil, 1)
+		}
+	}
+	learn(0, 20*12)
+	v := vec(monday+20*12, 200, 1000)
+	if r := score(m, &v, &a, nil); r.Scored[features.EventCount] {
+		t.Errorf("event count scored (z %.1f) after 20 hours of history", r.Z[features.EventCount])
+	}
+	learn(20*12, 26*12)
+	v = vec(monday+26*12, 200, 1000)
+	if r := score(m, &v, &a, nil); !r.Scored[features.EventCount] || r.Z[features.EventCount] < 5 {
+		t.Errorf("after 26 hours, 200 events where 5 are usual: scored %v, z %.1f; want scored, z ≥ 5", r.Scored[features.EventCount], r.Z[features.EventCount])
+	}
+}

@@ -188,6 +188,7 @@ func (b *Baseline) fields(c codec) {
 		c.f32(&b.recentExp[i])
 	}
 	c.i64(&b.fleetUntil)
+	c.i64(&b.firstIdx) // 0 in older snapshots: their history counts as long
 }
 
 // The lengths of the arrays that snapshots held before denied_unfamiliar
