@@ -3,7 +3,6 @@ package detector
 import (
 	"cmp"
 	"errors"
-	"math"
 	"slices"
 	"time"
 
@@ -40,16 +39,15 @@ type Stats struct {
 
 // agent is the state of one agent. It is owned by one Pipeline.
 type agent struct {
-	id       string
-	class    *class
-	seen     features.SeenSet
-	probes   features.Probes
-	base     models.Baseline
-	win      *[2]features.Window // windows i and i+1 may be open at once; nil while idle
-	open     [2]bool
-	persist  int   // consecutive windows at warning or above
-	lastIdx  int64 // last window scored
-	novelIdx int64 // last window with a new target or action (not checkpointed)
+	id      string
+	class   *class
+	seen    features.SeenSet
+	probes  features.Probes
+	base    models.Baseline
+	win     *[2]features.Window // windows i and i+1 may be open at once; nil while idle
+	open    [2]bool
+	persist int   // consecutive windows at warning or above
+	lastIdx int64 // last window scored
 	// Early-decision triggers for the open windows: recheck when crossed.
 	nextN, nextNew, nextBad [2]uint32
 	// order[s] is when window s was scheduled (Pipeline.order): windows that
@@ -70,12 +68,11 @@ type class struct {
 	// Per-close scratch: agents closing now, and how many show each novelty.
 	closing int
 	novel   [features.NumFeatures]int
-	// Agents that began to see new targets (or actions) within about the
-	// last hour, decaying, and the window they were last decayed at: a
-	// deployment rolls out over half an hour, not in one window.
-	onsets   [2]float64
-	onsetIdx int64
-	changed  bool // listed in Pipeline.changedClasses
+	// Agents that began to see new targets and new actions within about the
+	// last hour (kept in base, see models.Baseline.Onset): a deployment
+	// rolls out over half an hour, not in one window.
+	onsets  [2]float64
+	changed bool // listed in Pipeline.changedClasses
 }
 
 // closing is one window being closed.
@@ -539,20 +536,7 @@ func (p *Pipeline) corroborate(batch []closing) {
 				c.novel[f]++
 			}
 		}
-		if c.onsetIdx != v.Index {
-			decay := math.Exp(-float64(v.Index-c.onsetIdx) / float64(hour))
-			c.onsets[0], c.onsets[1], c.onsetIdx = c.onsets[0]*decay, c.onsets[1]*decay, v.Index
-		}
-		if v.Value[features.NewTargets] > 0 || v.Value[features.NewActions] > 0 {
-			if v.Index-a.novelIdx > hour { // an onset, not more of the same
-				for k, f := range onsetFeatures {
-					if v.Value[f] > 0 {
-						c.onsets[k]++
-					}
-				}
-			}
-			a.novelIdx = v.Index
-		}
+		c.onsets = c.base.Onset(&a.base, v.Index, hour, v.Value[features.NewTargets] > 0, v.Value[features.NewActions] > 0)
 	}
 	for i := range batch {
 		c := batch[i].a.class

@@ -119,8 +119,14 @@ type Baseline struct {
 	alertHour  int64
 	accept     float32
 	// Peer groups only: the last window of the fleet-wide change recorded
-	// by Model.MarkFleetChange.
+	// by Model.MarkFleetChange; the agents that began to see new targets and
+	// new actions within about the last hour, decaying, and the window they
+	// were decayed to (see Onset).
 	fleetUntil int64
+	onsets     [2]float32
+	onsetIdx   int64
+	// Agents only: the last window with a new target or action.
+	novelIdx int64
 	// Whether a window of the current day already alerted for volume.
 	dayVolumeAlerted bool
 	// The current hour's expectation when it began, for a slot with less
@@ -344,4 +350,28 @@ func (b *Baseline) slotMean(s int) float64 {
 	no, ns := float64(b.slotN[o]), float64(b.slotN[s])
 	fb := (no*float64(b.slots[o].mean) + k0*all) / (no + k0)
 	return (ns*float64(b.slots[s].mean) + k0*fb) / (ns + k0)
+}
+
+// Onset records agent a's window idx, which saw new targets and/or new
+// actions, in its peer group's baseline p: an agent that had seen nothing
+// new for more than hour windows begins to, and counts for the group, with
+// a decay of about an hour. It returns the group's decayed counts for new
+// targets and new actions. Call it with neither to only read them at idx.
+func (p *Baseline) Onset(a *Baseline, idx, hour int64, targets, actions bool) [2]float64 {
+	if p.onsetIdx != idx {
+		d := float32(math.Exp(-float64(idx-p.onsetIdx) / float64(hour)))
+		p.onsets[0], p.onsets[1], p.onsetIdx = p.onsets[0]*d, p.onsets[1]*d, idx
+	}
+	if targets || actions {
+		if idx-a.novelIdx > hour {
+			if targets {
+				p.onsets[0]++
+			}
+			if actions {
+				p.onsets[1]++
+			}
+		}
+		a.novelIdx = idx
+	}
+	return [2]float64{float64(p.onsets[0]), float64(p.onsets[1])}
 }

@@ -189,6 +189,10 @@ func (b *Baseline) fields(c codec) {
 	}
 	c.i64(&b.fleetUntil)
 	c.i64(&b.firstIdx) // 0 in older snapshots: their history counts as long
+	c.f32(&b.onsets[0])
+	c.f32(&b.onsets[1])
+	c.i64(&b.onsetIdx)
+	c.i64(&b.novelIdx)
 }
 
 // The lengths of the arrays that snapshots held before denied_unfamiliar

@@ -57,7 +57,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 // extra fields.
 func TestSnapshotCompatibility(t *testing.T) {
 	_, a, _ := learnedBaseline(t)
-	a.firstIdx = 12345 // the last field written: an older version lacks it
+	a.novelIdx = 12345 // the last field written: an older version lacks it
 	data, _ := a.MarshalBinary()
 	payload := data[4:] // 'B', version, 2-byte uvarint length (payload ≥ 128 bytes)
 	if len(data) < 200 || data[2] < 0x80 {
@@ -69,7 +69,7 @@ func TestSnapshotCompatibility(t *testing.T) {
 	if err := b.UnmarshalBinary(older); err != nil {
 		t.Fatalf("older snapshot: %v", err)
 	}
-	if b.Windows != a.Windows || b.gauss != a.gauss || b.dayX != a.dayX || b.firstIdx != 0 {
+	if b.Windows != a.Windows || b.gauss != a.gauss || b.dayX != a.dayX || b.novelIdx != 0 {
 		t.Errorf("older snapshot: leading fields not restored or trailing ones not zero")
 	}
 	newer := append([]byte{'B', 2}, uvarint(uint64(len(payload)+16))...)
