@@ -133,7 +133,7 @@ type Baseline struct {
 	// than an hour of history (0 otherwise).
 	hourFirst float32
 	// Bytes out this hour so far and the calls that carried them, and the
-	// log mean bytes out per call of complete hours (see Model.hourBytesOut).
+	// log mean bytes out per call of complete hours (see Model.hourBytesZ).
 	hourBytes, hourBytesN float32
 	hourBytesOut          gauss
 }
