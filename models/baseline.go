@@ -55,7 +55,7 @@ type slot struct {
 }
 
 // Baseline is the learned state of one agent, or of one peer group (every
-// agent of an agent_class). Its size is fixed, about 900 bytes, whatever the
+// agent of an agent_class). Its size is fixed, about 1.3 KB, whatever the
 // traffic: it holds no per-target or per-event data.
 //
 // A Baseline is not safe for concurrent use; the detector gives each one a
@@ -136,6 +136,17 @@ type Baseline struct {
 	// log mean bytes out per call of complete hours (see Model.hourBytesZ).
 	hourBytes, hourBytesN float32
 	hourBytesOut          gauss
+	// Agents only: how far above zero the z of each feature in hodFeatures
+	// usually is in each UTC hour of the day, in units of 1/hodUnit (see
+	// Model.learnHourOfDay), and the current hour's sums of z over the
+	// windows that carried the feature.
+	hodBias [24][len(hodFeatures)]uint8
+	hodZ    [len(hodFeatures)]float32
+	hodN    [len(hodFeatures)]uint8
+	// Their mean z over about half a day, smoothed twice (see
+	// Model.learnHourOfDay).
+	hodDay  [len(hodFeatures)][2]float32
+	hodHour uint8
 }
 
 func slotOf(hourOfWeek int) int {

@@ -657,19 +657,25 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 		gap = idx - a.cusumIdx
 	}
 	a.cusumIdx = idx
+	windowScore := res.Score
 	best, bf := 0.0, features.Feature(-1)
-	var d2 float64
+	var d2, topZ float64
 	top := features.Feature(-1)
+	hod := v.HourOfWeek % 24
 	for i, f := range sustainedFeatures {
 		z := res.Z[f]
+		if j := hodIndex[i]; j >= 0 && z > 0 {
+			// Only what exceeds this hour's routine accumulates.
+			z = math.Max(0, z-float64(a.hodBias[hod][j])/hodUnit)
+		}
 		c := math.Max(0, float64(a.cusum[i])-drain+z-cusumK)
 		a.cusum[i] = float32(c)
 		if c > best && z > cusumK {
 			best, bf = c, f
 		}
 		d2 += z * z
-		if top < 0 || z > res.Z[top] {
-			top = f
+		if top < 0 || z > topZ {
+			top, topZ = f, z
 		}
 	}
 	// One more CUSUM on the joint deviation of those features (χ² of their
@@ -716,7 +722,11 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 				a.hourN++
 			}
 			m.learnHourBytes(a, wph)
+			m.learnHourOfDay(a, wph)
 		}
+		clear(a.hodZ[:])
+		clear(a.hodN[:])
+		a.hodHour = uint8(hod)
 		a.hourBytes, a.hourBytesN = 0, 0
 		a.hourIdx, a.hourX = hour, 0
 		clear(a.hourNew[:])
@@ -736,6 +746,15 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 	// the hour began: it would otherwise learn an off-hours burst within
 	// minutes from the hour's own windows and judge the rest of the hour by
 	// it.
+	if windowScore < m.cfg.LearnAbove {
+		for j, f := range hodFeatures {
+			if res.Scored[f] && a.hodN[j] < math.MaxUint8 {
+				z := math.Max(-hodMax, math.Min(hodMax, res.Z[f]))
+				a.hodZ[j] += float32(z)
+				a.hodN[j]++
+			}
+		}
+	}
 	mu := float64(wph) * a.slotMean(slotOf(v.HourOfWeek))
 	a.hourM = float32(mu)
 	borrowed := a.hourFirst > 0 && float64(a.hourFirst) < mu
@@ -884,6 +903,85 @@ func (m *Model) Sustain(a *Baseline, v *features.Vector, res *Result) {
 			*r = Reason{Feature: bf.String() + "_sustained", Value: round(best), Expected: 0}
 		}
 		r.Z = round(zFromP(p / effectiveTests))
+	}
+}
+
+// hodFeatures are the sustained features whose routine deviation is learned
+// per hour of the day: a reconciliation job that ships twenty times its
+// daytime payloads every night, or meets more errors, deviates from its
+// all-day baseline every night by about as much, which a CUSUM would sum
+// into an alert night after night. The window itself is still scored
+// against the all-day baseline; only the sums discount the routine.
+var hodFeatures = [...]features.Feature{
+	features.DenyRate, features.ErrorRate, features.RestrictedShare, features.WeakAuthShare,
+	features.BytesOut, features.Amount,
+}
+
+// hodIndex maps an index of sustainedFeatures to one of hodFeatures, or -1.
+var hodIndex = func() (idx [len(sustainedFeatures)]int) {
+	for i, f := range sustainedFeatures {
+		idx[i] = -1
+		for j, g := range hodFeatures {
+			if f == g {
+				idx[i] = j
+			}
+		}
+	}
+	return idx
+}()
+
+const (
+	hodUnit  = 32 // Baseline.hodBias counts 1/32 of a z
+	hodMax   = 4  // a window's z counts up to this much, a routine's too
+	hodAlpha = 1.0 / 3
+	// hodDayHours is the time constant, in hours, of the level an hour is
+	// compared with.
+	hodDayHours = 24
+	// hodMargin is how many standard errors of its mean an hour must stand
+	// above the level to count as routine at all.
+	hodMargin = 2
+	// hodMinWindows is how many of its windows an hour needs to teach the
+	// routine (fewer when windows are longer than 5 minutes).
+	hodMinWindows = 3
+)
+
+// learnHourOfDay learns the hour that just closed into the routine of its
+// hour of the day. Each feature's excess is the mean z of the hour's windows
+// that carried it and did not alert, less the level of the hours before it;
+// an excess under hodMargin standard errors of that mean (a mean of n
+// windows' z) is noise and counts as none. The hour's bias moves a third of
+// the way toward it, once a day whatever happens within the hour, so an
+// incident of an hour or two shifts the next days' sums by at most a third
+// of its deviation, and a nightly routine is learned within three nights.
+//
+// The level is the hours' mean z smoothed twice (Brown's double exponential
+// smoothing, 2S₁ − S₂, which does not lag behind a linear trend): a ramp
+// that lifts every hour alike, a deny rate creeping up over days, sets no
+// hour apart and is not learned as routine.
+func (m *Model) learnHourOfDay(a *Baseline, wph int64) {
+	need := uint8(min(hodMinWindows, max(1, wph/4)))
+	for j := range hodFeatures {
+		if a.hodN[j] < need {
+			continue
+		}
+		n := float64(a.hodN[j])
+		mean := float64(a.hodZ[j]) / n
+		d := &a.hodDay[j]
+		z := mean - float64(2*d[0]-d[1])
+		if z < hodMargin/math.Sqrt(n) {
+			z = 0 // not clearly set apart: noise
+		}
+		z = math.Min(hodMax, z)
+		const r = 1.0 / hodDayHours
+		d[0] += float32((mean - float64(d[0])) * r)
+		d[1] += float32((float64(d[0]) - float64(d[1])) * r)
+		b := &a.hodBias[a.hodHour][j]
+		old := float64(*b) / hodUnit
+		nb := math.Max(0, math.Min(hodMax, old+hodAlpha*(z-old))) * hodUnit
+		if z < old {
+			nb = math.Floor(nb) // down to zero, not stuck a unit above it
+		}
+		*b = uint8(math.Round(nb))
 	}
 }
 

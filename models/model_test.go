@@ -898,3 +898,59 @@ func TestCountWaitsForADayOfHistory(t *testing.T) {
 		t.Errorf("after 26 hours, 200 events where 5 are usual: scored %v, z %.1f; want scored, z ≥ 5", r.Scored[features.EventCount], r.Z[features.EventCount])
 	}
 }
+
+// A job that ships twenty times its daytime payloads every night from 01:00
+// to 04:00, or reads restricted data then, deviates from its all-day
+// baseline by about as much every night; once a few nights have shown the
+// routine, its nights do not alert, while the same behaviour at
+// another hour still does.
+func TestNightlyRoutineNotSummed(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		routine func(v *features.Vector, rng *rand.Rand)
+	}{
+		{"bytes out ×20", func(v *features.Vector, rng *rand.Rand) {
+			v.Value[features.BytesOut] *= 20
+		}},
+		{"restricted reads", func(v *features.Vector, rng *rand.Rand) {
+			v.Value[features.RestrictedShare] = math.Round(v.Value[features.EventCount] * 0.3 * rng.Float64())
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newModel(t)
+			rng := rand.New(rand.NewPCG(7, 8))
+			var a Baseline
+			const days = 14
+			odd := int64((days-1)*288 + 14*12) // 14:00 on the last day, for an hour
+			var nights, oddAlerts int
+			feed(m, &a, days*288, func(i int) features.Vector {
+				n := 15 + rng.IntN(10)
+				sum := 0.0
+				for range n {
+					sum += 1000 * math.Exp(0.5*rng.NormFloat64())
+				}
+				v := vec(monday+int64(i), float64(n), sum/float64(n))
+				if rng.Float64() < 0.1 {
+					v.Value[features.RestrictedShare] = 1
+				}
+				if h := (i / 12) % 24; h >= 1 && h < 4 || int64(i) >= odd && int64(i) < odd+12 {
+					tc.routine(&v, rng)
+				}
+				return v
+			}, func(i int, _ *Result) {
+				switch {
+				case int64(i) >= odd && int64(i) < odd+12:
+					oddAlerts++
+				case i >= 7*288:
+					nights++
+				}
+			})
+			if nights > 0 {
+				t.Errorf("%d alerts in the second week of a nightly routine, want none", nights)
+			}
+			if oddAlerts == 0 {
+				t.Error("the nightly behaviour at 14:00 was not alerted")
+			}
+		})
+	}
+}

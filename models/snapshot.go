@@ -21,7 +21,7 @@ const (
 	snapshotVersion = 1
 )
 
-// MarshalBinary encodes b (about 700 bytes).
+// MarshalBinary encodes b (about 1.3 KB).
 func (b *Baseline) MarshalBinary() ([]byte, error) {
 	return b.AppendBinary(nil)
 }
@@ -193,6 +193,18 @@ func (b *Baseline) fields(c codec) {
 	c.f32(&b.onsets[1])
 	c.i64(&b.onsetIdx)
 	c.i64(&b.novelIdx)
+	for h := range b.hodBias {
+		for j := range b.hodBias[h] {
+			c.u8(&b.hodBias[h][j])
+		}
+	}
+	for j := range b.hodZ {
+		c.f32(&b.hodZ[j])
+		c.u8(&b.hodN[j])
+		c.f32(&b.hodDay[j][0])
+		c.f32(&b.hodDay[j][1])
+	}
+	c.u8(&b.hodHour)
 }
 
 // The lengths of the arrays that snapshots held before denied_unfamiliar
