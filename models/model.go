@@ -128,6 +128,8 @@ type Result struct {
 	Cold     bool              // not scored: neither the agent nor its peer group is warm
 	gz       [numGauss]float64 // raw Gaussian z of the Gaussian features, for tail learning
 	anchor   [numRare]float64  // first-seen items expected at the slower of the two rates
+	mixJS    float64           // mixDistance of the window, for Learn
+	mixPeer  bool              // whether mixJS was computed with a warm peer group
 	// Sustained is the feature whose sustained deviation over consecutive
 	// windows (see Sustain) made the score, or -1; SustainedReason explains it.
 	Sustained       features.Feature
@@ -252,6 +254,7 @@ func (m *Model) Evaluate(v *features.Vector, a, p *Baseline, res *Result) {
 
 	// Gaussian features, against the fast and (discounted) slow baselines.
 	js := m.mixDistance(v, a, p, warmPeer)
+	res.mixJS, res.mixPeer = js, warmPeer
 	for i := range numGauss {
 		y, ok := gaussValue(v, i, js)
 		if !ok {
@@ -1364,14 +1367,30 @@ func (m *Model) Learn(v *features.Vector, res *Result, a, p *Baseline, weight fl
 		}
 	}
 	m.CatchUp(v.Index, a, p)
-	js := m.mixDistance(v, a, p, p != nil && p.Windows > 0)
-	m.learn(v, a, weight, js, m.alphaSlot)
+	var js float64
+	if res != nil && !res.Cold && res.mixPeer == (p != nil && p.Windows > 0) {
+		js = res.mixJS // as scored: the mix is learned below
+	} else {
+		js = m.mixDistance(v, a, p, p != nil && p.Windows > 0)
+	}
+	var ys gaussValues
+	for i := range numGauss {
+		ys.y[i], ys.ok[i] = gaussValue(v, i, js)
+	}
+	m.learn(v, a, weight, &ys, m.alphaSlot)
 	if p != nil {
-		m.learn(v, p, weight, js, m.alphaPeerS)
+		m.learn(v, p, weight, &ys, m.alphaPeerS)
 	}
 }
 
-func (m *Model) learn(v *features.Vector, b *Baseline, weight, js, slotAlpha float64) {
+// gaussValues are a window's transformed Gaussian feature values (see
+// gaussValue), computed once for the agent and its peer group.
+type gaussValues struct {
+	y  [numGauss]float64
+	ok [numGauss]bool
+}
+
+func (m *Model) learn(v *features.Vector, b *Baseline, weight float64, ys *gaussValues, slotAlpha float64) {
 	if v.Index > b.LastIndex || b.Windows == 0 {
 		b.LastIndex = v.Index
 	}
@@ -1390,8 +1409,8 @@ func (m *Model) learn(v *features.Vector, b *Baseline, weight, js, slotAlpha flo
 
 	b.learnCount(slotOf(v.HourOfWeek), v.Value[features.EventCount], slotAlpha, fast, slow, weight)
 	for i := range numGauss {
-		if y, ok := gaussValue(v, i, js); ok {
-			b.gauss[i].update(y, gaussN(v, i), fast, slow, weight)
+		if ys.ok[i] {
+			b.gauss[i].update(ys.y[i], gaussN(v, i), fast, slow, weight)
 		}
 	}
 	for i := range numRare {
