@@ -39,21 +39,24 @@ type Stats struct {
 
 // agent is the state of one agent. It is owned by one Pipeline.
 type agent struct {
-	id      string
-	class   *class
-	seen    features.SeenSet
-	probes  features.Probes
-	base    models.Baseline
-	win     *[2]features.Window // windows i and i+1 may be open at once; nil while idle
+	id     string
+	class  *class
+	seen   features.SeenSet
+	probes features.Probes
+	pairs  features.Pairs
+	base   models.Baseline
+	win    *[2]features.Window // windows i and i+1 may be open at once; nil while idle
+	// open, changed and persist share a word: with an allocation's header,
+	// an agent of more than 1528 bytes takes 1792.
 	open    [2]bool
-	persist int   // consecutive windows at warning or above
+	changed bool  // listed in Pipeline.changedAgents
+	persist int32 // consecutive windows at warning or above
 	lastIdx int64 // last window scored
 	// Early-decision triggers for the open windows: recheck when crossed.
 	nextN, nextNew, nextBad [2]uint32
 	// order[s] is when window s was scheduled (Pipeline.order): windows that
 	// close together are decided in this order, also after a restore.
-	order   [2]uint64
-	changed bool // listed in Pipeline.changedAgents
+	order [2]uint64
 	// cred is the last credential the agent presented (for revocation
 	// requests); not checkpointed, so empty after a restore until the
 	// agent's next event.
@@ -229,7 +232,13 @@ func (p *Pipeline) Process(raw []byte) error {
 	if len(e.CredentialID) > 0 && a.cred != string(e.CredentialID) {
 		a.cred = string(e.CredentialID)
 	}
-	flags, bucket := features.Observe(e, &a.seen, &a.class.seen, &a.probes)
+	// An agent's first day is all new credentials and addresses: pairs of
+	// them mean something only once it has a day of its own.
+	var pairs *features.Pairs
+	if a.base.Span()*p.size >= int64(24*time.Hour) {
+		pairs = &a.pairs
+	}
+	flags, bucket := features.Observe(e, &a.seen, &a.class.seen, &a.probes, pairs)
 	if flags&(features.NewPeerItem|features.NewPeerAccess) == features.NewPeerItem && int(a.base.Windows) < p.cfg.Model.WarmWindows {
 		// A young agent's own credentials and addresses are new to its
 		// peers by necessity; the targets and actions it reaches are not.
@@ -589,7 +598,7 @@ func (p *Pipeline) decide(c *closing, idx int64) {
 		a.persist = 0
 	}
 	a.lastIdx = idx
-	sev := pol.Severity(score, a.persist)
+	sev := pol.Severity(score, int(a.persist))
 	if sev >= pol.MinSeverity {
 		p.alert(c, sev, max(p.stats.MaxTS, c.v.End), false)
 	}

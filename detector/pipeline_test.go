@@ -408,3 +408,42 @@ func TestRolloutAcrossWindowsIsFleetWide(t *testing.T) {
 		t.Errorf("%d alerts from a quarter of an hour into the rollout (seven agents moved), want none", late)
 	}
 }
+
+// A credential the agent never used, presented from an address it never
+// called from, alongside the agent's own calls (a stolen credential used from
+// the thief's host, authenticated like the real one) is alerted while it
+// lasts; a rotated credential from the usual addresses and a new instance's
+// address with the usual credential are not.
+func TestPipelineDetectsForeignCredentialFromNewAddress(t *testing.T) {
+	events := fleet(8, 60, t0, 4*24*time.Hour, 3)
+	day3 := t0.Add(3 * 24 * time.Hour)
+	theft, rotation, instance := day3.Add(10*time.Hour), day3.Add(9*time.Hour), day3.Add(11*time.Hour)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range events {
+		e := &events[i]
+		n := e.agent[len(e.agent)-2:]
+		e.cred, e.src = "x509:worker-"+n, fmt.Sprintf("10.0.%s.%d", n, 1+rng.IntN(2))
+		switch {
+		case strings.HasSuffix(e.agent, "-03") && !e.ts.Before(theft) && e.ts.Before(theft.Add(2*time.Hour)) && rng.Float64() < 0.3:
+			e.cred, e.src = "x509:stolen", "10.66.6.6"
+		case strings.HasSuffix(e.agent, "-05") && !e.ts.Before(rotation):
+			e.cred = "x509:worker-05-v2"
+		case strings.HasSuffix(e.agent, "-06") && !e.ts.Before(instance) && rng.Float64() < 0.5:
+			e.src = "10.0.06.9"
+		}
+	}
+	alerts, _ := run(t, DefaultConfig(), events)
+	caught := false
+	for _, a := range alerts {
+		ws := a.WindowStart
+		switch {
+		case strings.HasSuffix(a.AgentID, "-03") && !ws.Before(theft.Truncate(5*time.Minute)) && ws.Before(theft.Add(2*time.Hour)):
+			caught = caught || a.Reasons[0].Feature == "new_cred_and_src_share" || strings.HasPrefix(a.Reasons[0].Feature, "new_cred_and_src_share_")
+		default:
+			t.Errorf("alert outside the theft: %s %s score %.1f %s", a.AgentID, a.WindowStart, a.Score, a.Reasons[0].Feature)
+		}
+	}
+	if !caught {
+		t.Error("the stolen credential used from a new address was not alerted for it")
+	}
+}

@@ -23,11 +23,13 @@ var ErrState = errors.New("bad state snapshot")
 // that a restored pipeline rechecks and decides exactly when the original
 // would have. Version 3 appends, for each open window, its count of denied
 // calls to unfamiliar targets or actions (uvarint), then the agent's probed
-// items (four little-endian uint32). Fields are only appended in later
-// versions.
+// items (four little-endian uint32). Version 4 appends, for each open
+// window, its calls carrying a credential and an address and those from new
+// pairs (two uvarints), then the agent's new pairs (four little-endian
+// uint64). Fields are only appended in later versions.
 const (
 	agentMagic   = 'A'
-	agentVersion = 3
+	agentVersion = 4
 )
 
 // AppendAgentState appends the snapshot of agent id to dst, or returns dst and
@@ -77,6 +79,15 @@ func (p *Pipeline) AppendAgentState(dst []byte, id string) ([]byte, bool) {
 	}
 	for _, v := range a.probes {
 		dst = binary.LittleEndian.AppendUint32(dst, v)
+	}
+	for s := range 2 {
+		if a.open[s] {
+			dst = binary.AppendUvarint(dst, uint64(a.win[s].PairN))
+			dst = binary.AppendUvarint(dst, uint64(a.win[s].Pair))
+		}
+	}
+	for _, v := range a.pairs {
+		dst = binary.LittleEndian.AppendUint64(dst, v)
 	}
 	return dst, true
 }
@@ -170,6 +181,32 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 			off += 4
 		}
 	}
+	// Version 4: calls from new credential and address pairs, and the pairs.
+	var pairs features.Pairs
+	if data[1] >= 4 {
+		for s := range 2 {
+			if open&(1<<s) == 0 {
+				continue
+			}
+			var c [2]uint64
+			for i := range c {
+				v, n := binary.Uvarint(data[off:])
+				if n <= 0 || v > math.MaxUint32 {
+					return fmt.Errorf("%w: agent %q: bad pair counts", ErrState, id)
+				}
+				c[i] = v
+				off += n
+			}
+			wins[s].PairN, wins[s].Pair = uint32(c[0]), uint32(c[1])
+		}
+		if off+8*len(pairs) > len(data) {
+			return fmt.Errorf("%w: agent %q: truncated pairs", ErrState, id)
+		}
+		for i := range pairs {
+			pairs[i] = binary.LittleEndian.Uint64(data[off:])
+			off += 8
+		}
+	}
 
 	c, ok := p.classes[className]
 	if !ok {
@@ -181,8 +218,8 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 		a = &agent{id: id}
 		p.agents[id] = a
 	}
-	a.class, a.seen, a.base, a.probes = c, seen, base, probes
-	a.persist, a.lastIdx = int(persist), lastIdx
+	a.class, a.seen, a.base, a.probes, a.pairs = c, seen, base, probes, pairs
+	a.persist, a.lastIdx = int32(min(persist, math.MaxInt32)), lastIdx
 	a.open = [2]bool{}
 	for s := range 2 {
 		if open&(1<<s) == 0 {

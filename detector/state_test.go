@@ -106,8 +106,9 @@ func TestRestoreRejectsGarbage(t *testing.T) {
 }
 
 // An agent snapshot keeps the probed items and the open window's count of
-// denied calls to unfamiliar items (version 3), and a version-2 snapshot,
-// which has neither, still restores, with both empty.
+// denied calls to unfamiliar items (version 3), and the new credential and
+// address pairs with the open window's calls from them (version 4); older
+// snapshots, which lack them, still restore, with them empty.
 func TestAgentSnapshotVersions(t *testing.T) {
 	const id = "spiffe://bank.example/agent/worker-01"
 	events := []ev{
@@ -131,6 +132,12 @@ func TestAgentSnapshotVersions(t *testing.T) {
 	if unfam != 2 || a.probes == (features.Probes{}) {
 		t.Fatalf("before the snapshot: %d unfamiliar denials, probes %v", unfam, a.probes)
 	}
+	a.pairs[1] = 0xfeedbeef<<32 | 1_750_000_000
+	for s := range 2 {
+		if a.open[s] {
+			a.win[s].PairN, a.win[s].Pair = 3, 1
+		}
+	}
 	snap, _ := p.AppendAgentState(nil, id)
 
 	q, _ := NewPipeline(DefaultConfig(), nil)
@@ -138,12 +145,28 @@ func TestAgentSnapshotVersions(t *testing.T) {
 		t.Fatal(err)
 	}
 	if again, _ := q.AppendAgentState(nil, id); !bytes.Equal(again, snap) {
-		t.Errorf("version 3 does not round-trip")
+		t.Errorf("version 4 does not round-trip")
+	}
+	qa := q.agents[id]
+	if qa.pairs != a.pairs {
+		t.Errorf("pairs %v, want %v", qa.pairs, a.pairs)
 	}
 
-	// Version 2: the same bytes without the version-3 tail (one uvarint per
-	// open window, four uint32).
-	v2 := append([]byte(nil), snap[:len(snap)-1-16]...)
+	// Version 3: without the version-4 tail (two uvarints per open window,
+	// four uint64).
+	v3 := append([]byte(nil), snap[:len(snap)-2-32]...)
+	v3[1] = 3
+	r3, _ := NewPipeline(DefaultConfig(), nil)
+	if err := r3.RestoreAgent(v3); err != nil {
+		t.Fatalf("version 3: %v", err)
+	}
+	if ra := r3.agents[id]; ra.pairs != (features.Pairs{}) || ra.probes != a.probes {
+		t.Errorf("version 3: pairs %v, probes %v", ra.pairs, ra.probes)
+	}
+
+	// Version 2: the same bytes without the version-3 tail either (one
+	// uvarint per open window, four uint32).
+	v2 := append([]byte(nil), v3[:len(v3)-1-16]...)
 	v2[1] = 2
 	r, _ := NewPipeline(DefaultConfig(), nil)
 	if err := r.RestoreAgent(v2); err != nil {

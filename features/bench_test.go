@@ -89,7 +89,7 @@ func BenchmarkWindowAdd(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		e.TargetID, e.Action = targets[i&63], actions[(i>>2)&15]
-		flags, bucket := Observe(&e, &agent, &peer, nil)
+		flags, bucket := Observe(&e, &agent, &peer, nil, nil)
 		w.Add(&e, flags, bucket)
 		i++
 	}

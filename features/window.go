@@ -33,6 +33,7 @@ const (
 	RestrictedShare                 // data_class=restricted
 	WeakAuthShare                   // auth none/apikey, or attested=false
 	DeniedUnfamiliar                // denied calls to a target or action the agent has never been allowed
+	NewPairShare                    // calls with a credential and a source address that were new to the agent together, within the last day (see Pairs)
 	NumFeatures
 )
 
@@ -40,7 +41,7 @@ var featureNames = [NumFeatures]string{
 	"event_count", "distinct_target_share", "new_targets", "new_actions", "new_credentials",
 	"new_src_addresses", "new_to_peer_group", "action_mix_jsd", "deny_rate", "error_rate",
 	"bytes_out_per_event", "bytes_in_per_event", "latency_ms", "amount_per_event",
-	"restricted_share", "weak_auth_share", "denied_unfamiliar",
+	"restricted_share", "weak_auth_share", "denied_unfamiliar", "new_cred_and_src_share",
 }
 
 func (f Feature) String() string {
@@ -63,6 +64,7 @@ const (
 	NewPeerItem   // at least one of the new items is new to the peer group too
 	Unfamiliar    // a denied call to a target or action the agent has not been allowed (see Probes)
 	NewPeerAccess // the target or the action is new to the peer group (NewPeerItem is set too)
+	NewPair       // the credential and source address were first used together, both new, within the last day (see Pairs)
 )
 
 // Probes remembers the last few targets and actions an agent was denied on
@@ -121,6 +123,58 @@ func (pr *Probes) put(fp uint32) {
 	pr[len(pr)-1] = fp
 }
 
+// Pairs remembers the last few credential and source address pairs whose
+// credential and address were both new to the agent when they were first
+// used together, with when that was (Unix seconds): 32 bytes per agent.
+//
+// A credential the agent has never used, presented from an address it has
+// never called from, is what a stolen credential used from the thief's host
+// looks like; a rotation brings a new credential from the agent's usual
+// addresses, a restarted instance a new address with its usual credential.
+// First-seen features see such a pair once; Pairs keeps flagging its calls
+// for a day, so that an intruder working alongside the real agent for
+// hours stays visible as a share of its calls (NewPairShare).
+type Pairs [4]uint64
+
+// pairAge is how long, in seconds, a new pair stays new.
+const pairAge = 24 * 3600
+
+// check records pair fingerprint fp when both items are new now (flags) and
+// reports whether fp is a pair recorded within pairAge of ts (Unix
+// nanoseconds).
+func (pr *Pairs) check(fp uint32, ts int64, flags uint8) bool {
+	now := uint32(max(0, ts/1e9))
+	if flags&NewCredential != 0 && flags&NewSource != 0 {
+		pr.put(fp, now)
+		return true
+	}
+	for i, v := range pr {
+		if v != 0 && uint32(v>>32) == fp {
+			if uint32(v) <= now && now-uint32(v) >= pairAge {
+				pr[i] = 0 // no longer new
+				return false
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// put records fp first seen at now, replacing the oldest entry when full.
+func (pr *Pairs) put(fp, now uint32) {
+	old := 0
+	for i, v := range pr {
+		if v == 0 || uint32(v>>32) == fp {
+			old = i
+			break
+		}
+		if uint32(v) < uint32(pr[old]) {
+			old = i
+		}
+	}
+	pr[old] = uint64(fp)<<32 | uint64(now)
+}
+
 // Hash seeds per item kind, so equal strings of different kinds differ.
 const (
 	seedTarget = 0x7a11 + iota
@@ -133,8 +187,10 @@ const (
 // against the agent's and the peer group's seen sets, records them, and
 // returns novelty flags and the action's histogram bucket. With the agent's
 // probes it also flags a denied call to something the agent has never been
-// allowed (Unfamiliar). peer and probes may be nil.
-func Observe(e *Event, agent, peer *SeenSet, probes *Probes) (flags uint8, bucket int) {
+// allowed (Unfamiliar), and with its pairs calls from a new credential and
+// address pair (NewPair). peer, probes and pairs may be nil (pairs while the
+// agent is too young for its own items to be anything but new).
+func Observe(e *Event, agent, peer *SeenSet, probes *Probes, pairs *Pairs) (flags uint8, bucket int) {
 	ah := Hash64(e.Action, seedAction)
 	th := Hash64(e.TargetID, seedTarget)
 	bucket = int(ah % ActionBuckets)
@@ -145,6 +201,20 @@ func Observe(e *Event, agent, peer *SeenSet, probes *Probes) (flags uint8, bucke
 	}
 	if probes != nil && probes.check(uint32(th>>32), uint32(ah>>32), e.Decision == Deny, flags) {
 		flags |= Unfamiliar
+	}
+	if len(e.CredentialID) > 0 {
+		flags |= observe(Hash64(e.CredentialID, seedCredential), NewCredential, agent, peer)
+	}
+	if len(e.CredentialID) > 0 && len(e.SrcIP) > 0 {
+		ch, sh := Hash64(e.CredentialID, seedCredential), Hash64(e.SrcIP, seedSource)
+		flags |= observe(ch, NewCredential, agent, peer)
+		flags |= observe(sh, NewSource, agent, peer)
+		if pairs != nil && *pairs != (Pairs{}) || flags&NewCredential != 0 && flags&NewSource != 0 {
+			if pairs != nil && pairs.check(uint32((ch^sh*0x9e3779b97f4a7c15)>>32)|1, e.TS, flags) {
+				flags |= NewPair
+			}
+		}
+		return flags, bucket
 	}
 	if len(e.CredentialID) > 0 {
 		flags |= observe(Hash64(e.CredentialID, seedCredential), NewCredential, agent, peer)
@@ -195,6 +265,9 @@ type Window struct {
 	Last       int64
 	Flags      uint8  // reserved for the runtime (e.g. which early alerts fired)
 	Unfamiliar uint16 // denied calls flagged Unfamiliar (kept in the agent snapshot, version 3)
+	// Calls carrying both a credential and a source address, and those of
+	// them flagged NewPair (kept in the agent snapshot, version 4).
+	PairN, Pair uint32
 }
 
 // Reset empties w and starts window idx.
@@ -244,6 +317,12 @@ func (w *Window) Add(e *Event, flags uint8, bucket int) {
 	if e.Amount > 0 {
 		w.AmountSum += e.Amount
 		w.AmountN++
+	}
+	if len(e.CredentialID) > 0 && len(e.SrcIP) > 0 {
+		w.PairN++
+		if flags&NewPair != 0 {
+			w.Pair++
+		}
 	}
 	if flags != 0 {
 		if flags&Unfamiliar != 0 && w.Unfamiliar < math.MaxUint16 {
@@ -308,6 +387,7 @@ func (w *Window) Vector(size int64) Vector {
 	v.Value[ErrorRate], v.Trials[ErrorRate] = float64(w.Errors), n
 	v.Value[RestrictedShare], v.Trials[RestrictedShare] = float64(w.Restricted), float64(w.DataN)
 	v.Value[WeakAuthShare], v.Trials[WeakAuthShare] = float64(w.Weak), float64(w.WeakN)
+	v.Value[NewPairShare], v.Trials[NewPairShare] = float64(w.Pair), float64(w.PairN)
 	mean := func(sum float64, k uint32) float64 {
 		if k == 0 {
 			return 0

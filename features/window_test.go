@@ -21,6 +21,7 @@ type replayAgent struct {
 	id, class string
 	seen      SeenSet
 	probes    Probes
+	pairs     Pairs
 	wins      map[int64]*Window
 }
 
@@ -61,7 +62,7 @@ func replay(t testing.TB, path string, size int64) []*replayAgent {
 			peer = &s
 			peers[a.class] = peer
 		}
-		flags, bucket := Observe(&e, &a.seen, peer, &a.probes)
+		flags, bucket := Observe(&e, &a.seen, peer, &a.probes, &a.pairs)
 		idx := WindowIndex(e.TS, size)
 		w := a.wins[idx]
 		if w == nil {
@@ -484,7 +485,7 @@ func TestObserve(t *testing.T) {
 		{"nil peer set", Event{TargetID: []byte("svc:new"), Action: e.Action}, &agent, nil, NewTarget},
 	}
 	for _, s := range steps {
-		flags, bucket := Observe(&s.e, s.agent, s.peer, nil)
+		flags, bucket := Observe(&s.e, s.agent, s.peer, nil, nil)
 		if flags != s.want {
 			t.Errorf("%s: flags %07b, want %07b", s.name, flags, s.want)
 		}
@@ -600,7 +601,7 @@ func TestWindowAddAllocs(t *testing.T) {
 	agent, peer := NewSeenSet(256), NewSeenSet(1024)
 	var w Window
 	allocs := testing.AllocsPerRun(200, func() {
-		flags, bucket := Observe(&e, &agent, &peer, nil)
+		flags, bucket := Observe(&e, &agent, &peer, nil, nil)
 		w.Add(&e, flags, bucket)
 		_ = w.Vector(fiveMinutes)
 	})
@@ -620,7 +621,7 @@ func TestWindowSnapshot(t *testing.T) {
 		if err := d.Decode([]byte(line), &e); err != nil {
 			t.Fatal(err)
 		}
-		flags, b := Observe(&e, &agent, &peer, nil)
+		flags, b := Observe(&e, &agent, &peer, nil, nil)
 		w.Add(&e, flags, b)
 	}
 	w.Flags = 5
@@ -647,7 +648,7 @@ func TestProbes(t *testing.T) {
 	call := func(target, action string, decision Decision) bool {
 		t.Helper()
 		e := Event{TargetID: []byte(target), Action: []byte(action), Decision: decision}
-		flags, _ := Observe(&e, &agent, &peer, &pr)
+		flags, _ := Observe(&e, &agent, &peer, &pr, nil)
 		return flags&Unfamiliar != 0
 	}
 	steps := []struct {
@@ -674,5 +675,56 @@ func TestProbes(t *testing.T) {
 		if got := call(s.target, s.action, s.decision); got != s.want {
 			t.Errorf("step %d %s %s %v: unfamiliar %v, want %v", i, s.target, s.action, s.decision, got, s.want)
 		}
+	}
+}
+
+// A credential and an address that are both new to the agent, first used
+// together, flag every call that uses them together for a day; a new
+// credential from a known address (a rotation), a new address with a known
+// credential (a restarted instance), or the known pair do not. Pairs keeps
+// the last four such pairs.
+func TestPairs(t *testing.T) {
+	agent := NewSeenSet(64)
+	var pr Pairs
+	t0 := int64(1_750_000_000) * 1e9
+	call := func(cred, src string, at time.Duration) bool {
+		t.Helper()
+		e := Event{TargetID: []byte("ledger"), Action: []byte("read"), CredentialID: []byte(cred), SrcIP: []byte(src), TS: t0 + int64(at)}
+		flags, _ := Observe(&e, &agent, nil, nil, &pr)
+		return flags&NewPair != 0
+	}
+	// The agent's own: its first pair is new too (the detector passes no
+	// Pairs for an agent's first day), so start from a known history.
+	call("x509:own", "10.0.0.1", 0)
+	pr = Pairs{}
+	steps := []struct {
+		cred, src string
+		at        time.Duration
+		want      bool
+	}{
+		{"x509:own", "10.0.0.1", time.Minute, false},
+		{"x509:rotated", "10.0.0.1", 2 * time.Minute, false}, // rotation: known address
+		{"x509:own", "10.0.0.2", 3 * time.Minute, false},     // new instance: known credential
+		{"key:stolen", "10.9.9.9", 4 * time.Minute, true},    // both new together
+		{"key:stolen", "10.9.9.9", time.Hour, true},          // and its calls after
+		{"x509:own", "10.0.0.1", time.Hour, false},           // the agent's own calls alongside
+		{"key:stolen", "10.0.0.1", 2 * time.Hour, false},     // not the pair that was new
+		{"key:stolen", "10.9.9.9", 23 * time.Hour, true},
+		{"key:stolen", "10.9.9.9", 25 * time.Hour, false}, // a day on: no longer new
+		{"key:stolen", "10.9.9.9", 26 * time.Hour, false},
+	}
+	for i, s := range steps {
+		if got := call(s.cred, s.src, s.at); got != s.want {
+			t.Errorf("step %d (%s from %s at %v): NewPair %v, want %v", i, s.cred, s.src, s.at, got, s.want)
+		}
+	}
+	if pr != (Pairs{}) {
+		t.Errorf("an expired pair is kept: %x", pr)
+	}
+	for i := range 5 {
+		call(fmt.Sprintf("key:%d", i), fmt.Sprintf("10.8.0.%d", i), 27*time.Hour+time.Duration(i)*time.Minute)
+	}
+	if call("key:0", "10.8.0.0", 28*time.Hour) || !call("key:4", "10.8.0.4", 28*time.Hour) {
+		t.Error("a fifth pair does not push out the oldest")
 	}
 }

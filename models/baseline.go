@@ -10,7 +10,7 @@ import (
 var (
 	gaussFeatures = [...]features.Feature{features.ActionMix, features.BytesOut, features.BytesIn, features.Latency, features.Amount}
 	rareFeatures  = [...]features.Feature{features.NewTargets, features.NewActions, features.NewCredentials, features.NewSources, features.NewToPeers, features.DeniedUnfamiliar}
-	shareFeatures = [...]features.Feature{features.DistinctTargets, features.DenyRate, features.ErrorRate, features.RestrictedShare, features.WeakAuthShare}
+	shareFeatures = [...]features.Feature{features.DistinctTargets, features.DenyRate, features.ErrorRate, features.RestrictedShare, features.WeakAuthShare, features.NewPairShare}
 )
 
 const (
@@ -361,6 +361,15 @@ func (b *Baseline) slotMean(s int) float64 {
 	no, ns := float64(b.slotN[o]), float64(b.slotN[s])
 	fb := (no*float64(b.slots[o].mean) + k0*all) / (no + k0)
 	return (ns*float64(b.slots[s].mean) + k0*fb) / (ns + k0)
+}
+
+// Span is how many windows the baseline's history covers, from the first
+// window it learned to the last (silent windows included).
+func (b *Baseline) Span() int64 {
+	if b.Windows == 0 {
+		return 0
+	}
+	return b.LastIndex - b.firstIdx
 }
 
 // Onset records agent a's window idx, which saw new targets and/or new

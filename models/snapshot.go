@@ -86,7 +86,7 @@ func (b *Baseline) fields(c codec) {
 		c.f32(&b.rare[i].q)
 		c.f32(&b.rare[i].size)
 	}
-	for i := range b.share {
+	for i := range legacyShare {
 		c.f32(&b.share[i].k)
 		c.f32(&b.share[i].n)
 	}
@@ -133,14 +133,14 @@ func (b *Baseline) fields(c codec) {
 		c.f32(&b.rare[i].q)
 		c.f32(&b.rare[i].size)
 	}
-	for i := legacySustained; i < len(b.cusum); i++ {
+	for i := legacySustained; i < legacySustainedV2; i++ {
 		c.f32(&b.cusum[i])
 	}
 	for i := legacyHourNovelty; i < len(b.hourNew); i++ {
 		c.f32(&b.hourNew[i])
 		c.f32(&b.hourNewExp[i])
 	}
-	for i := range b.hourShareK {
+	for i := range legacyHourShares {
 		c.f32(&b.hourShareK[i])
 		c.f32(&b.hourShareN[i])
 		c.f32(&b.hourShareExp[i])
@@ -176,7 +176,7 @@ func (b *Baseline) fields(c codec) {
 	c.i64(&b.runIdx)
 	c.i64(&b.alertHour)
 	c.f32(&b.accept)
-	for i := range b.share {
+	for i := range legacyShare {
 		c.f32(&b.share[i].slowK)
 		c.f32(&b.share[i].slowN)
 	}
@@ -205,6 +205,22 @@ func (b *Baseline) fields(c codec) {
 		c.f32(&b.hodDay[j][1])
 	}
 	c.u8(&b.hodHour)
+	// Appended with new_cred_and_src_share: its share, CUSUM and hour sums.
+	for i := legacyShare; i < numShare; i++ {
+		sh := &b.share[i]
+		c.f32(&sh.k)
+		c.f32(&sh.n)
+		c.f32(&sh.slowK)
+		c.f32(&sh.slowN)
+	}
+	for i := legacySustainedV2; i < len(b.cusum); i++ {
+		c.f32(&b.cusum[i])
+	}
+	for i := legacyHourShares; i < len(b.hourShareK); i++ {
+		c.f32(&b.hourShareK[i])
+		c.f32(&b.hourShareN[i])
+		c.f32(&b.hourShareExp[i])
+	}
 }
 
 // The lengths of the arrays that snapshots held before denied_unfamiliar
@@ -213,6 +229,10 @@ const (
 	legacyRare        = 5
 	legacySustained   = 11
 	legacyHourNovelty = 3
+	// And before new_cred_and_src_share.
+	legacyShare       = 5
+	legacySustainedV2 = 12
+	legacyHourShares  = 3
 )
 
 type codec interface {

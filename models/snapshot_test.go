@@ -57,19 +57,19 @@ func TestSnapshotRoundTrip(t *testing.T) {
 // extra fields.
 func TestSnapshotCompatibility(t *testing.T) {
 	_, a, _ := learnedBaseline(t)
-	a.hodHour = 17 // the last field written: an older version lacks it
+	a.hourShareExp[len(a.hourShareExp)-1] = 1.5 // the last field written: an older version lacks it
 	data, _ := a.MarshalBinary()
 	payload := data[4:] // 'B', version, 2-byte uvarint length (payload ≥ 128 bytes)
 	if len(data) < 200 || data[2] < 0x80 {
 		t.Fatalf("unexpected header % x", data[:4])
 	}
-	older := append([]byte{'B', 1}, uvarint(uint64(len(payload)-1))...)
-	older = append(older, payload[:len(payload)-1]...)
+	older := append([]byte{'B', 1}, uvarint(uint64(len(payload)-4))...)
+	older = append(older, payload[:len(payload)-4]...)
 	var b Baseline
 	if err := b.UnmarshalBinary(older); err != nil {
 		t.Fatalf("older snapshot: %v", err)
 	}
-	if b.Windows != a.Windows || b.gauss != a.gauss || b.dayX != a.dayX || b.hodHour != 0 {
+	if b.Windows != a.Windows || b.gauss != a.gauss || b.dayX != a.dayX || b.hourShareExp[len(b.hourShareExp)-1] != 0 {
 		t.Errorf("older snapshot: leading fields not restored or trailing ones not zero")
 	}
 	newer := append([]byte{'B', 2}, uvarint(uint64(len(payload)+16))...)

@@ -56,6 +56,10 @@ var windowFeatures = []string{
 // features.Feature order after windowFeatures. Frozen too.
 var windowFeaturesV2 = []string{"denied_unfamiliar"}
 
+// windowFeaturesV3 are the feature columns migration 3 added, after
+// windowFeaturesV2. Frozen too.
+var windowFeaturesV3 = []string{"new_cred_and_src_share"}
+
 const severityEnum = `Enum8('none' = 0, 'info' = 1, 'warning' = 2, 'critical' = 3)`
 
 // The schema avoids what ClickHouse 18.16 lacks (DateTime64, Map, TTL,
@@ -193,6 +197,10 @@ ORDER BY (topic, kafka_partition, seq)`,
 	version: 2,
 	name:    "windows: denied_unfamiliar",
 	columns: featureColumnsAfter(windowFeatures, windowFeaturesV2),
+}, {
+	version: 3,
+	name:    "windows: new_cred_and_src_share",
+	columns: featureColumnsAfter(windowFeaturesV2, windowFeaturesV3),
 }}
 
 // featureColumnsAfter returns the windows table's columns for the features
