@@ -954,3 +954,36 @@ func TestNightlyRoutineNotSummed(t *testing.T) {
 		})
 	}
 }
+
+// A known limit, pinned so it does not get worse: an hour-long export at five
+// times the usual bytes every Wednesday is a routine of the week, which the
+// sums (discounting routines of the hour of the day) do not learn; after the
+// first weeks it alerts at most two windows a week (run with -v for the
+// counts).
+func TestWeeklyExportKnownLimit(t *testing.T) {
+	m := newModel(t)
+	rng := rand.New(rand.NewPCG(7, 8))
+	var a Baseline
+	const weeks = 8
+	var perWeek [weeks]int
+	feed(m, &a, weeks*7*288, func(i int) features.Vector {
+		n := 15 + rng.IntN(10)
+		k := 1.0
+		if d := i / 288; d%7 == 2 && (i/12)%24 == 14 {
+			k = 5
+		}
+		sum := 0.0
+		for range n {
+			sum += 1000 * k * math.Exp(0.5*rng.NormFloat64())
+		}
+		return vec(monday+int64(i), float64(n), sum/float64(n))
+	}, func(i int, _ *Result) {
+		perWeek[i/(7*288)]++
+	})
+	t.Logf("alerts per week: %v", perWeek)
+	for w := 3; w < weeks; w++ {
+		if perWeek[w] > 2 {
+			t.Errorf("week %d: %d alerts, want at most 2", w, perWeek[w])
+		}
+	}
+}
