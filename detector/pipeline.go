@@ -545,6 +545,9 @@ func (p *Pipeline) corroborate(batch []closing) {
 				c.novel[f]++
 			}
 		}
+		if v.Value[features.NewPairShare] > 0 {
+			c.novel[features.NewPairShare]++
+		}
 		c.onsets = c.base.Onset(&a.base, v.Index, hour, v.Value[features.NewTargets] > 0, v.Value[features.NewActions] > 0)
 	}
 	for i := range batch {
@@ -566,6 +569,14 @@ func (p *Pipeline) corroborate(batch []closing) {
 					res.Z[features.NewToPeers] = 1.5
 				}
 			}
+		}
+		// New credential-and-address pairs stay new for a day: agents
+		// showing them now moved any time that day, so a group moving to
+		// new hosts and credentials over hours is seen whole. The share is
+		// then the group's, in this window and in the hour's sums.
+		if n := float64(c.novel[features.NewPairShare]); n >= 3 && 4*n >= float64(c.closing) {
+			res.Z[features.NewPairShare] = min(res.Z[features.NewPairShare], 1.5)
+			res.Scored[features.NewPairShare] = false
 		}
 	}
 }

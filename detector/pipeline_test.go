@@ -447,3 +447,59 @@ func TestPipelineDetectsForeignCredentialFromNewAddress(t *testing.T) {
 		t.Error("the stolen credential used from a new address was not alerted for it")
 	}
 }
+
+// An agent moving to new hosts with new workload credentials (a
+// re-platforming) replaces its credential and addresses: nothing known is
+// left beside the new pair, and it is not alerted — alone, or with every
+// agent of its class over half an hour.
+func TestPipelineReplatformNotAlerted(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		moves   func(agent string) bool
+		rolling bool // its two instances move twenty minutes apart
+	}{
+		{"one agent", func(a string) bool { return strings.HasSuffix(a, "-02") }, false},
+		{"the whole class", func(string) bool { return true }, false},
+		// Old and new instances run side by side for twenty minutes: the
+		// new pairs beside known ones are the group's once three agents
+		// show them (the first movers, alone with the change, may be
+		// alerted, as for deployments).
+		{"the whole class, instance by instance", func(string) bool { return true }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			events := fleet(8, 60, t0, 4*24*time.Hour, 5)
+			move := t0.Add(3*24*time.Hour + 10*time.Hour)
+			rng := rand.New(rand.NewPCG(5, 6))
+			at := map[string]time.Time{}
+			for i := range events {
+				e := &events[i]
+				n := e.agent[len(e.agent)-2:]
+				if _, ok := at[n]; !ok {
+					at[n] = move.Add(time.Duration(rng.Int64N(int64(30 * time.Minute))))
+				}
+				inst := 1 + rng.IntN(2)
+				e.cred, e.src = "x509:worker-"+n, fmt.Sprintf("10.0.%s.%d", n, inst)
+				from := at[n]
+				if tc.rolling && inst == 2 {
+					from = from.Add(20 * time.Minute)
+				}
+				if tc.moves(e.agent) && !e.ts.Before(from) {
+					e.cred, e.src = "x509:v2-worker-"+n, fmt.Sprintf("10.7.%s.%d", n, inst)
+				}
+			}
+			alerts, _ := run(t, DefaultConfig(), events)
+			alerted := map[string]bool{}
+			for _, a := range alerts {
+				alerted[a.AgentID] = true
+				t.Logf("alert: %s %s score %.1f %s", a.AgentID, a.WindowStart, a.Score, a.Reasons[0].Feature)
+			}
+			first := 0 // first movers that may be alerted
+			if tc.rolling {
+				first = 2
+			}
+			if len(alerted) > first {
+				t.Errorf("%d agents alerted, want at most %d", len(alerted), first)
+			}
+		})
+	}
+}

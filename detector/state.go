@@ -82,8 +82,9 @@ func (p *Pipeline) AppendAgentState(dst []byte, id string) ([]byte, bool) {
 	}
 	for s := range 2 {
 		if a.open[s] {
-			dst = binary.AppendUvarint(dst, uint64(a.win[s].PairN))
-			dst = binary.AppendUvarint(dst, uint64(a.win[s].Pair))
+			for _, v := range [...]uint32{a.win[s].PairN, a.win[s].Pair, a.win[s].Known} {
+				dst = binary.AppendUvarint(dst, uint64(v))
+			}
 		}
 	}
 	for _, v := range a.pairs {
@@ -188,7 +189,7 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 			if open&(1<<s) == 0 {
 				continue
 			}
-			var c [2]uint64
+			var c [3]uint64
 			for i := range c {
 				v, n := binary.Uvarint(data[off:])
 				if n <= 0 || v > math.MaxUint32 {
@@ -197,7 +198,7 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 				c[i] = v
 				off += n
 			}
-			wins[s].PairN, wins[s].Pair = uint32(c[0]), uint32(c[1])
+			wins[s].PairN, wins[s].Pair, wins[s].Known = uint32(c[0]), uint32(c[1]), uint32(c[2])
 		}
 		if off+8*len(pairs) > len(data) {
 			return fmt.Errorf("%w: agent %q: truncated pairs", ErrState, id)

@@ -135,7 +135,7 @@ func TestAgentSnapshotVersions(t *testing.T) {
 	a.pairs[1] = 0xfeedbeef<<32 | 1_750_000_000
 	for s := range 2 {
 		if a.open[s] {
-			a.win[s].PairN, a.win[s].Pair = 3, 1
+			a.win[s].PairN, a.win[s].Pair, a.win[s].Known = 3, 1, 2
 		}
 	}
 	snap, _ := p.AppendAgentState(nil, id)
@@ -152,9 +152,9 @@ func TestAgentSnapshotVersions(t *testing.T) {
 		t.Errorf("pairs %v, want %v", qa.pairs, a.pairs)
 	}
 
-	// Version 3: without the version-4 tail (two uvarints per open window,
-	// four uint64).
-	v3 := append([]byte(nil), snap[:len(snap)-2-32]...)
+	// Version 3: without the version-4 tail (three uvarints per open
+	// window, four uint64).
+	v3 := append([]byte(nil), snap[:len(snap)-3-32]...)
 	v3[1] = 3
 	r3, _ := NewPipeline(DefaultConfig(), nil)
 	if err := r3.RestoreAgent(v3); err != nil {

@@ -57,14 +57,15 @@ const ActionBuckets = 16
 
 // Novelty flags returned by Observe.
 const (
-	NewTarget uint8 = 1 << iota
+	NewTarget uint16 = 1 << iota
 	NewAction
 	NewCredential
 	NewSource
 	NewPeerItem   // at least one of the new items is new to the peer group too
 	Unfamiliar    // a denied call to a target or action the agent has not been allowed (see Probes)
 	NewPeerAccess // the target or the action is new to the peer group (NewPeerItem is set too)
-	NewPair       // the credential and source address were first used together, both new, within the last day (see Pairs)
+	NewPair       // the credential and source address were first used together, both new, between five minutes and a day ago (see Pairs)
+	KnownPair     // the credential and source address are both known and are not a new pair
 )
 
 // Probes remembers the last few targets and actions an agent was denied on
@@ -82,7 +83,7 @@ type Probes [4]uint32
 // from Observe) is a denied call to something the agent has never been
 // allowed: new now (flags) or denied every time since its first attempt. An
 // allowed call forgets its target and action.
-func (pr *Probes) check(ft, fa uint32, denied bool, flags uint8) bool {
+func (pr *Probes) check(ft, fa uint32, denied bool, flags uint16) bool {
 	if !denied && *pr == (Probes{}) {
 		return false
 	}
@@ -123,48 +124,68 @@ func (pr *Probes) put(fp uint32) {
 	pr[len(pr)-1] = fp
 }
 
-// Pairs remembers the last few credential and source address pairs whose
-// credential and address were both new to the agent when they were first
-// used together, with when that was (Unix seconds): 32 bytes per agent.
+// Pairs remembers the last few credentials and source addresses that were
+// both new to the agent when first used together, with when that was: 16-bit
+// fingerprints of each and Unix seconds, 32 bytes per agent.
 //
 // A credential the agent has never used, presented from an address it has
 // never called from, is what a stolen credential used from the thief's host
 // looks like; a rotation brings a new credential from the agent's usual
 // addresses, a restarted instance a new address with its usual credential.
-// First-seen features see such a pair once; Pairs keeps flagging its calls
-// for a day, so that an intruder working alongside the real agent for
-// hours stays visible as a share of its calls (NewPairShare).
+// First-seen features see such a pair once; Pairs keeps flagging the calls
+// that use either of its items for a day (NewPair), so that an intruder
+// working alongside the real agent for hours stays visible as a share of
+// its calls (NewPairShare), and it tells the agent's established calls
+// (KnownPair) from those, which a credential and host replaced together no
+// longer make.
 type Pairs [4]uint64
 
-// pairAge is how long, in seconds, a new pair stays new.
-const pairAge = 24 * 3600
+// pairAge is how long, in seconds, a new pair stays new; pairGrace how long
+// after its first call its calls are not yet counted (a credential and host
+// replaced together switch over within minutes, see Window.Vector).
+const (
+	pairAge   = 24 * 3600
+	pairGrace = 5 * 60
+)
 
-// check records pair fingerprint fp when both items are new now (flags) and
-// reports whether fp is a pair recorded within pairAge of ts (Unix
-// nanoseconds).
-func (pr *Pairs) check(fp uint32, ts int64, flags uint8) bool {
+// check records the pair of credential and address fingerprints c, a when
+// both are new now (flags), and classifies the call at ts (Unix
+// nanoseconds): NewPair when either item belongs to a pair recorded between
+// pairGrace and pairAge before, KnownPair when both are known and belong to
+// no pair recorded within pairAge, 0 otherwise (an item new now, or a pair
+// within its grace).
+func (pr *Pairs) check(c, a uint16, ts int64, flags uint16) uint16 {
 	now := uint32(max(0, ts/1e9))
 	if flags&NewCredential != 0 && flags&NewSource != 0 {
-		pr.put(fp, now)
-		return true
+		pr.put(c, a, now)
+		return 0
+	}
+	out := KnownPair
+	if flags&(NewCredential|NewSource) != 0 {
+		out = 0
 	}
 	for i, v := range pr {
-		if v != 0 && uint32(v>>32) == fp {
-			if uint32(v) <= now && now-uint32(v) >= pairAge {
-				pr[i] = 0 // no longer new
-				return false
-			}
-			return true
+		if v == 0 || uint16(v>>48) != c && uint16(v>>32) != a {
+			continue
+		}
+		switch at := uint32(v); {
+		case at <= now && now-at >= pairAge:
+			pr[i] = 0 // no longer new
+		case at > now || now-at < pairGrace:
+			return 0
+		default:
+			out = NewPair
 		}
 	}
-	return false
+	return out
 }
 
-// put records fp first seen at now, replacing the oldest entry when full.
-func (pr *Pairs) put(fp, now uint32) {
+// put records the pair c, a first seen at now, replacing the oldest entry
+// when full.
+func (pr *Pairs) put(c, a uint16, now uint32) {
 	old := 0
 	for i, v := range pr {
-		if v == 0 || uint32(v>>32) == fp {
+		if v == 0 {
 			old = i
 			break
 		}
@@ -172,7 +193,7 @@ func (pr *Pairs) put(fp, now uint32) {
 			old = i
 		}
 	}
-	pr[old] = uint64(fp)<<32 | uint64(now)
+	pr[old] = uint64(c)<<48 | uint64(a)<<32 | uint64(now)
 }
 
 // Hash seeds per item kind, so equal strings of different kinds differ.
@@ -190,7 +211,7 @@ const (
 // allowed (Unfamiliar), and with its pairs calls from a new credential and
 // address pair (NewPair). peer, probes and pairs may be nil (pairs while the
 // agent is too young for its own items to be anything but new).
-func Observe(e *Event, agent, peer *SeenSet, probes *Probes, pairs *Pairs) (flags uint8, bucket int) {
+func Observe(e *Event, agent, peer *SeenSet, probes *Probes, pairs *Pairs) (flags uint16, bucket int) {
 	ah := Hash64(e.Action, seedAction)
 	th := Hash64(e.TargetID, seedTarget)
 	bucket = int(ah % ActionBuckets)
@@ -209,10 +230,12 @@ func Observe(e *Event, agent, peer *SeenSet, probes *Probes, pairs *Pairs) (flag
 		ch, sh := Hash64(e.CredentialID, seedCredential), Hash64(e.SrcIP, seedSource)
 		flags |= observe(ch, NewCredential, agent, peer)
 		flags |= observe(sh, NewSource, agent, peer)
-		if pairs != nil && *pairs != (Pairs{}) || flags&NewCredential != 0 && flags&NewSource != 0 {
-			if pairs != nil && pairs.check(uint32((ch^sh*0x9e3779b97f4a7c15)>>32)|1, e.TS, flags) {
-				flags |= NewPair
-			}
+		switch {
+		case pairs == nil:
+		case *pairs == (Pairs{}) && flags&(NewCredential|NewSource) == 0:
+			flags |= KnownPair
+		default:
+			flags |= pairs.check(uint16(ch>>16), uint16(sh>>16), e.TS, flags)
 		}
 		return flags, bucket
 	}
@@ -225,7 +248,7 @@ func Observe(e *Event, agent, peer *SeenSet, probes *Probes, pairs *Pairs) (flag
 	return flags, bucket
 }
 
-func observe(h uint64, flag uint8, agent, peer *SeenSet) uint8 {
+func observe(h uint64, flag uint16, agent, peer *SeenSet) uint16 {
 	fp := uint32(h >> 32)
 	if !agent.Observe(fp) {
 		if peer != nil {
@@ -265,16 +288,17 @@ type Window struct {
 	Last       int64
 	Flags      uint8  // reserved for the runtime (e.g. which early alerts fired)
 	Unfamiliar uint16 // denied calls flagged Unfamiliar (kept in the agent snapshot, version 3)
-	// Calls carrying both a credential and a source address, and those of
-	// them flagged NewPair (kept in the agent snapshot, version 4).
-	PairN, Pair uint32
+	// Calls carrying both a credential and a source address, those of them
+	// flagged NewPair and those flagged KnownPair (kept in the agent
+	// snapshot, version 4).
+	PairN, Pair, Known uint32
 }
 
 // Reset empties w and starts window idx.
 func (w *Window) Reset(idx int64) { *w = Window{Index: idx} }
 
 // Add accumulates e. flags and bucket come from Observe.
-func (w *Window) Add(e *Event, flags uint8, bucket int) {
+func (w *Window) Add(e *Event, flags uint16, bucket int) {
 	if w.N == 0 || e.TS < w.First {
 		w.First = e.TS
 	}
@@ -322,6 +346,9 @@ func (w *Window) Add(e *Event, flags uint8, bucket int) {
 		w.PairN++
 		if flags&NewPair != 0 {
 			w.Pair++
+		}
+		if flags&KnownPair != 0 {
+			w.Known++
 		}
 	}
 	if flags != 0 {
@@ -387,7 +414,13 @@ func (w *Window) Vector(size int64) Vector {
 	v.Value[ErrorRate], v.Trials[ErrorRate] = float64(w.Errors), n
 	v.Value[RestrictedShare], v.Trials[RestrictedShare] = float64(w.Restricted), float64(w.DataN)
 	v.Value[WeakAuthShare], v.Trials[WeakAuthShare] = float64(w.Weak), float64(w.WeakN)
-	v.Value[NewPairShare], v.Trials[NewPairShare] = float64(w.Pair), float64(w.PairN)
+	// New pairs count alongside known ones: an intruder works beside the
+	// agent, while a credential and host replaced together leave nothing
+	// known behind (nor does an agent whose only calls are the intruder's).
+	if w.Known > 0 {
+		v.Value[NewPairShare] = float64(w.Pair)
+	}
+	v.Trials[NewPairShare] = float64(w.PairN)
 	mean := func(sum float64, k uint32) float64 {
 		if k == 0 {
 			return 0

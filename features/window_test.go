@@ -472,7 +472,7 @@ func TestObserve(t *testing.T) {
 		e     Event
 		agent *SeenSet
 		peer  *SeenSet
-		want  uint8
+		want  uint16
 	}{
 		{"first event: everything new to agent and group", e, &agent, &peer, NewTarget | NewAction | NewCredential | NewSource | NewPeerItem | NewPeerAccess},
 		{"repeat: nothing new", e, &agent, &peer, 0},
@@ -679,19 +679,21 @@ func TestProbes(t *testing.T) {
 }
 
 // A credential and an address that are both new to the agent, first used
-// together, flag every call that uses them together for a day; a new
-// credential from a known address (a rotation), a new address with a known
-// credential (a restarted instance), or the known pair do not. Pairs keeps
-// the last four such pairs.
+// together, flag the calls that use either (NewPair) from five minutes after
+// the first until a day after; a new credential from a known
+// address (a rotation), a new address with a known credential (a restarted
+// instance) are neither new pairs nor, while new, known ones; the agent's
+// established pairs are known (KnownPair). Pairs keeps the last four new
+// pairs.
 func TestPairs(t *testing.T) {
 	agent := NewSeenSet(64)
 	var pr Pairs
 	t0 := int64(1_750_000_000) * 1e9
-	call := func(cred, src string, at time.Duration) bool {
+	call := func(cred, src string, at time.Duration) uint16 {
 		t.Helper()
 		e := Event{TargetID: []byte("ledger"), Action: []byte("read"), CredentialID: []byte(cred), SrcIP: []byte(src), TS: t0 + int64(at)}
 		flags, _ := Observe(&e, &agent, nil, nil, &pr)
-		return flags&NewPair != 0
+		return flags & (NewPair | KnownPair)
 	}
 	// The agent's own: its first pair is new too (the detector passes no
 	// Pairs for an agent's first day), so start from a known history.
@@ -700,22 +702,24 @@ func TestPairs(t *testing.T) {
 	steps := []struct {
 		cred, src string
 		at        time.Duration
-		want      bool
+		want      uint16
 	}{
-		{"x509:own", "10.0.0.1", time.Minute, false},
-		{"x509:rotated", "10.0.0.1", 2 * time.Minute, false}, // rotation: known address
-		{"x509:own", "10.0.0.2", 3 * time.Minute, false},     // new instance: known credential
-		{"key:stolen", "10.9.9.9", 4 * time.Minute, true},    // both new together
-		{"key:stolen", "10.9.9.9", time.Hour, true},          // and its calls after
-		{"x509:own", "10.0.0.1", time.Hour, false},           // the agent's own calls alongside
-		{"key:stolen", "10.0.0.1", 2 * time.Hour, false},     // not the pair that was new
-		{"key:stolen", "10.9.9.9", 23 * time.Hour, true},
-		{"key:stolen", "10.9.9.9", 25 * time.Hour, false}, // a day on: no longer new
-		{"key:stolen", "10.9.9.9", 26 * time.Hour, false},
+		{"x509:own", "10.0.0.1", time.Minute, KnownPair},
+		{"x509:rotated", "10.0.0.1", 2 * time.Minute, 0}, // rotation: known address
+		{"x509:rotated", "10.0.0.1", 3 * time.Minute, KnownPair},
+		{"x509:own", "10.0.0.2", 3 * time.Minute, 0},       // new instance: known credential
+		{"key:stolen", "10.9.9.9", 4 * time.Minute, 0},     // both new together: recorded
+		{"key:stolen", "10.9.9.9", 8 * time.Minute, 0},     // within the grace
+		{"key:stolen", "10.9.9.9", time.Hour, NewPair},     // and its calls after
+		{"x509:own", "10.0.0.1", time.Hour, KnownPair},     // the agent's own calls alongside
+		{"key:stolen", "10.0.0.1", 2 * time.Hour, NewPair}, // the new credential from elsewhere
+		{"key:stolen", "10.9.9.9", 23 * time.Hour, NewPair},
+		{"key:stolen", "10.9.9.9", 25 * time.Hour, KnownPair}, // a day on: no longer new
+		{"key:stolen", "10.9.9.9", 26 * time.Hour, KnownPair},
 	}
 	for i, s := range steps {
 		if got := call(s.cred, s.src, s.at); got != s.want {
-			t.Errorf("step %d (%s from %s at %v): NewPair %v, want %v", i, s.cred, s.src, s.at, got, s.want)
+			t.Errorf("step %d (%s from %s at %v): flags %b, want %b", i, s.cred, s.src, s.at, got, s.want)
 		}
 	}
 	if pr != (Pairs{}) {
@@ -724,7 +728,24 @@ func TestPairs(t *testing.T) {
 	for i := range 5 {
 		call(fmt.Sprintf("key:%d", i), fmt.Sprintf("10.8.0.%d", i), 27*time.Hour+time.Duration(i)*time.Minute)
 	}
-	if call("key:0", "10.8.0.0", 28*time.Hour) || !call("key:4", "10.8.0.4", 28*time.Hour) {
+	if call("key:0", "10.8.0.0", 28*time.Hour) != KnownPair || call("key:4", "10.8.0.4", 28*time.Hour) != NewPair {
 		t.Error("a fifth pair does not push out the oldest")
+	}
+}
+
+// A window counts calls from new pairs only beside known ones: a credential
+// and host replaced together leave none.
+func TestPairShareNeedsKnownCalls(t *testing.T) {
+	var w Window
+	w.Reset(1)
+	e := Event{CredentialID: []byte("c"), SrcIP: []byte("s")}
+	w.Add(&e, NewPair, 0)
+	w.Add(&e, NewPair, 0)
+	if v := w.Vector(int64(time.Minute)); v.Value[NewPairShare] != 0 || v.Trials[NewPairShare] != 2 {
+		t.Errorf("new pairs alone: %v of %v, want 0 of 2", v.Value[NewPairShare], v.Trials[NewPairShare])
+	}
+	w.Add(&e, KnownPair, 0)
+	if v := w.Vector(int64(time.Minute)); v.Value[NewPairShare] != 2 || v.Trials[NewPairShare] != 3 {
+		t.Errorf("beside a known pair: %v of %v, want 2 of 3", v.Value[NewPairShare], v.Trials[NewPairShare])
 	}
 }
