@@ -61,9 +61,11 @@ type slot struct {
 // A Baseline is not safe for concurrent use; the detector gives each one a
 // single owner.
 type Baseline struct {
-	Windows   uint32 // windows learned from (saturating)
-	LastIndex int64  // last window number learned; gaps are empty windows
-	firstIdx  int64  // first window number learned
+	Windows   uint32   // windows learned from (saturating)
+	hourN     uint16   // complete hours learned (see hourNum)
+	dayN      [2]uint8 // days learned by kind (see dayMean)
+	LastIndex int64    // last window number learned; gaps are empty windows
+	firstIdx  int64    // first window number learned
 	gauss     [numGauss]gauss
 	rare      [numRare]rare
 	share     [numShare]share
@@ -95,7 +97,6 @@ type Baseline struct {
 	// The same over the last hours, decaying (see recentHours).
 	recentNew, recentExp [len(hourNovelty)]float32
 	hourNum, hourDen     float32
-	hourN                uint16
 	// Calls, calls of each kind in hourShares and their expectation, this hour.
 	hourShareK, hourShareN, hourShareExp [len(hourShares)]float32
 	// The largest window the agent has had (decaying at the slow rate), and
@@ -109,15 +110,14 @@ type Baseline struct {
 	dayX           float32
 	dayMean        [2]float32
 	dayNum, dayDen float32
-	dayN           [2]uint8
 	dayCusum       float32 // CUSUM of days' z above the mean of their kind
 	// The decayed number of recent hours in which the agent alerted, the
 	// window it was last updated at, the last hour counted, and the
 	// acceptance it implies (see Model.Accept).
 	alertHours float32
+	accept     float32
 	runIdx     int64
 	alertHour  int64
-	accept     float32
 	// Peer groups only: the last window of the fleet-wide change recorded
 	// by Model.MarkFleetChange; the agents that began to see new targets and
 	// new actions within about the last hour, decaying, and the window they
@@ -127,8 +127,6 @@ type Baseline struct {
 	onsetIdx   int64
 	// Agents only: the last window with a new target or action.
 	novelIdx int64
-	// Whether a window of the current day already alerted for volume.
-	dayVolumeAlerted bool
 	// The current hour's expectation when it began, for a slot with less
 	// than an hour of history (0 otherwise).
 	hourFirst float32
@@ -143,10 +141,12 @@ type Baseline struct {
 	hodBias [24][len(hodFeatures)]uint8
 	hodZ    [len(hodFeatures)]float32
 	hodN    [len(hodFeatures)]uint8
+	hodHour uint8
+	// Whether a window of the current day already alerted for volume.
+	dayVolumeAlerted bool
 	// Their mean z over about half a day, smoothed twice (see
 	// Model.learnHourOfDay).
-	hodDay  [len(hodFeatures)][2]float32
-	hodHour uint8
+	hodDay [len(hodFeatures)][2]float32
 }
 
 func slotOf(hourOfWeek int) int {
