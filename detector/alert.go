@@ -58,7 +58,7 @@ func kindOf(f features.Feature) string {
 		return KindVolume
 	case features.DistinctTargets, features.NewTargets, features.NewActions, features.NewToPeers, features.ActionMix:
 		return KindNovelAccess
-	case features.NewCredentials, features.NewSources, features.WeakAuthShare, features.NewPairShare:
+	case features.NewCredentials, features.NewSources, features.WeakAuthShare, features.NewOriginShare:
 		return KindCredential
 	case features.DenyRate, features.ErrorRate, features.DeniedUnfamiliar:
 		return KindDenied

@@ -39,13 +39,13 @@ type Stats struct {
 
 // agent is the state of one agent. It is owned by one Pipeline.
 type agent struct {
-	id     string
-	class  *class
-	seen   features.SeenSet
-	probes features.Probes
-	pairs  features.Pairs
-	base   models.Baseline
-	win    *[2]features.Window // windows i and i+1 may be open at once; nil while idle
+	id      string
+	class   *class
+	seen    features.SeenSet
+	probes  features.Probes
+	origins features.Origins
+	base    models.Baseline
+	win     *[2]features.Window // windows i and i+1 may be open at once; nil while idle
 	// open, changed and persist share a word: with an allocation's header,
 	// an agent of more than 1528 bytes takes 1792.
 	open    [2]bool
@@ -232,13 +232,13 @@ func (p *Pipeline) Process(raw []byte) error {
 	if len(e.CredentialID) > 0 && a.cred != string(e.CredentialID) {
 		a.cred = string(e.CredentialID)
 	}
-	// An agent's first day is all new credentials and addresses: pairs of
-	// them mean something only once it has a day of its own.
-	var pairs *features.Pairs
+	// An agent's first day is all new credentials, addresses and networks:
+	// new origins mean something only once it has a day of its own.
+	var origins *features.Origins
 	if a.base.Span()*p.size >= int64(24*time.Hour) {
-		pairs = &a.pairs
+		origins = &a.origins
 	}
-	flags, bucket := features.Observe(e, &a.seen, &a.class.seen, &a.probes, pairs)
+	flags, bucket := features.Observe(e, &a.seen, &a.class.seen, &a.probes, origins)
 	if flags&(features.NewPeerItem|features.NewPeerAccess) == features.NewPeerItem && int(a.base.Windows) < p.cfg.Model.WarmWindows {
 		// A young agent's own credentials and addresses are new to its
 		// peers by necessity; the targets and actions it reaches are not.
@@ -545,8 +545,8 @@ func (p *Pipeline) corroborate(batch []closing) {
 				c.novel[f]++
 			}
 		}
-		if v.Value[features.NewPairShare] > 0 {
-			c.novel[features.NewPairShare]++
+		if v.Value[features.NewOriginShare] > 0 {
+			c.novel[features.NewOriginShare]++
 		}
 		c.onsets = c.base.Onset(&a.base, v.Index, hour, v.Value[features.NewTargets] > 0, v.Value[features.NewActions] > 0)
 	}
@@ -570,13 +570,13 @@ func (p *Pipeline) corroborate(batch []closing) {
 				}
 			}
 		}
-		// New credential-and-address pairs stay new for a day: agents
-		// showing them now moved any time that day, so a group moving to
-		// new hosts and credentials over hours is seen whole. The share is
-		// then the group's, in this window and in the hour's sums.
-		if n := float64(c.novel[features.NewPairShare]); n >= 3 && 4*n >= float64(c.closing) {
-			res.Z[features.NewPairShare] = min(res.Z[features.NewPairShare], 1.5)
-			res.Scored[features.NewPairShare] = false
+		// New origins stay new for a day: agents showing them now moved
+		// any time that day, so a group moving to new hosts, networks and
+		// credentials over hours is seen whole. The share is then the
+		// group's, in this window and in the hour's sums.
+		if n := float64(c.novel[features.NewOriginShare]); n >= 3 && 4*n >= float64(c.closing) {
+			res.Z[features.NewOriginShare] = min(res.Z[features.NewOriginShare], 1.5)
+			res.Scored[features.NewOriginShare] = false
 		}
 	}
 }

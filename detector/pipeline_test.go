@@ -410,41 +410,52 @@ func TestRolloutAcrossWindowsIsFleetWide(t *testing.T) {
 }
 
 // A credential the agent never used, presented from an address it never
-// called from, alongside the agent's own calls (a stolen credential used from
-// the thief's host, authenticated like the real one) is alerted while it
+// called from, or the agent's own credential from a network it never called
+// from, alongside the agent's own calls (a stolen credential or token used
+// from the thief's host, authenticated like the real one) is alerted while it
 // lasts; a rotated credential from the usual addresses and a new instance's
-// address with the usual credential are not.
-func TestPipelineDetectsForeignCredentialFromNewAddress(t *testing.T) {
-	events := fleet(8, 60, t0, 4*24*time.Hour, 3)
-	day3 := t0.Add(3 * 24 * time.Hour)
-	theft, rotation, instance := day3.Add(10*time.Hour), day3.Add(9*time.Hour), day3.Add(11*time.Hour)
-	rng := rand.New(rand.NewPCG(3, 4))
-	for i := range events {
-		e := &events[i]
-		n := e.agent[len(e.agent)-2:]
-		e.cred, e.src = "x509:worker-"+n, fmt.Sprintf("10.0.%s.%d", n, 1+rng.IntN(2))
-		switch {
-		case strings.HasSuffix(e.agent, "-03") && !e.ts.Before(theft) && e.ts.Before(theft.Add(2*time.Hour)) && rng.Float64() < 0.3:
-			e.cred, e.src = "x509:stolen", "10.66.6.6"
-		case strings.HasSuffix(e.agent, "-05") && !e.ts.Before(rotation):
-			e.cred = "x509:worker-05-v2"
-		case strings.HasSuffix(e.agent, "-06") && !e.ts.Before(instance) && rng.Float64() < 0.5:
-			e.src = "10.0.06.9"
-		}
-	}
-	alerts, _ := run(t, DefaultConfig(), events)
-	caught := false
-	for _, a := range alerts {
-		ws := a.WindowStart
-		switch {
-		case strings.HasSuffix(a.AgentID, "-03") && !ws.Before(theft.Truncate(5*time.Minute)) && ws.Before(theft.Add(2*time.Hour)):
-			caught = caught || a.Reasons[0].Feature == "new_cred_and_src_share" || strings.HasPrefix(a.Reasons[0].Feature, "new_cred_and_src_share_")
-		default:
-			t.Errorf("alert outside the theft: %s %s score %.1f %s", a.AgentID, a.WindowStart, a.Score, a.Reasons[0].Feature)
-		}
-	}
-	if !caught {
-		t.Error("the stolen credential used from a new address was not alerted for it")
+// address in the usual network with the usual credential are not.
+func TestPipelineDetectsNewOrigin(t *testing.T) {
+	for _, tc := range []struct{ name, cred, src string }{
+		{"a foreign credential from a new address", "x509:stolen", "10.66.6.6"},
+		{"the agent's own token from a new network", "", "192.168.66.6"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			events := fleet(8, 60, t0, 4*24*time.Hour, 3)
+			day3 := t0.Add(3 * 24 * time.Hour)
+			theft, rotation, instance := day3.Add(10*time.Hour), day3.Add(9*time.Hour), day3.Add(11*time.Hour)
+			rng := rand.New(rand.NewPCG(3, 4))
+			for i := range events {
+				e := &events[i]
+				n := e.agent[len(e.agent)-2:]
+				e.cred, e.src = "x509:worker-"+n, fmt.Sprintf("10.0.%s.%d", n, 1+rng.IntN(2))
+				switch {
+				case strings.HasSuffix(e.agent, "-03") && !e.ts.Before(theft) && e.ts.Before(theft.Add(2*time.Hour)) && rng.Float64() < 0.3:
+					if tc.cred != "" {
+						e.cred = tc.cred
+					}
+					e.src = tc.src
+				case strings.HasSuffix(e.agent, "-05") && !e.ts.Before(rotation):
+					e.cred = "x509:worker-05-v2"
+				case strings.HasSuffix(e.agent, "-06") && !e.ts.Before(instance) && rng.Float64() < 0.5:
+					e.src = "10.0.06.9"
+				}
+			}
+			alerts, _ := run(t, DefaultConfig(), events)
+			caught := false
+			for _, a := range alerts {
+				ws := a.WindowStart
+				switch {
+				case strings.HasSuffix(a.AgentID, "-03") && !ws.Before(theft.Truncate(5*time.Minute)) && ws.Before(theft.Add(2*time.Hour)):
+					caught = caught || strings.HasPrefix(a.Reasons[0].Feature, "new_origin_share")
+				default:
+					t.Errorf("alert outside the theft: %s %s score %.1f %s", a.AgentID, a.WindowStart, a.Score, a.Reasons[0].Feature)
+				}
+			}
+			if !caught {
+				t.Error("not alerted for its new origin")
+			}
+		})
 	}
 }
 
@@ -460,6 +471,7 @@ func TestPipelineReplatformNotAlerted(t *testing.T) {
 	}{
 		{"one agent", func(a string) bool { return strings.HasSuffix(a, "-02") }, false},
 		{"the whole class", func(string) bool { return true }, false},
+		{"one agent failing over to another network, same credential", func(a string) bool { return strings.HasSuffix(a, "-02") }, false},
 		// Old and new instances run side by side for twenty minutes: the
 		// new pairs beside known ones are the group's once three agents
 		// show them (the first movers, alone with the change, may be
@@ -485,6 +497,9 @@ func TestPipelineReplatformNotAlerted(t *testing.T) {
 				}
 				if tc.moves(e.agent) && !e.ts.Before(from) {
 					e.cred, e.src = "x509:v2-worker-"+n, fmt.Sprintf("10.7.%s.%d", n, inst)
+					if strings.Contains(tc.name, "same credential") {
+						e.cred = "x509:worker-" + n
+					}
 				}
 			}
 			alerts, _ := run(t, DefaultConfig(), events)

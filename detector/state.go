@@ -24,9 +24,9 @@ var ErrState = errors.New("bad state snapshot")
 // would have. Version 3 appends, for each open window, its count of denied
 // calls to unfamiliar targets or actions (uvarint), then the agent's probed
 // items (four little-endian uint32). Version 4 appends, for each open
-// window, its calls carrying a credential and an address and those from new
-// pairs (two uvarints), then the agent's new pairs (four little-endian
-// uint64). Fields are only appended in later versions.
+// window, its calls carrying a source address, those from new origins and
+// those from known ones (three uvarints), then the agent's new origins (four
+// little-endian uint64). Fields are only appended in later versions.
 const (
 	agentMagic   = 'A'
 	agentVersion = 4
@@ -82,12 +82,12 @@ func (p *Pipeline) AppendAgentState(dst []byte, id string) ([]byte, bool) {
 	}
 	for s := range 2 {
 		if a.open[s] {
-			for _, v := range [...]uint32{a.win[s].PairN, a.win[s].Pair, a.win[s].Known} {
+			for _, v := range [...]uint32{a.win[s].OriginN, a.win[s].Origin, a.win[s].Known} {
 				dst = binary.AppendUvarint(dst, uint64(v))
 			}
 		}
 	}
-	for _, v := range a.pairs {
+	for _, v := range a.origins {
 		dst = binary.LittleEndian.AppendUint64(dst, v)
 	}
 	return dst, true
@@ -182,8 +182,8 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 			off += 4
 		}
 	}
-	// Version 4: calls from new credential and address pairs, and the pairs.
-	var pairs features.Pairs
+	// Version 4: calls from new and known origins, and the origins.
+	var origins features.Origins
 	if data[1] >= 4 {
 		for s := range 2 {
 			if open&(1<<s) == 0 {
@@ -193,18 +193,18 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 			for i := range c {
 				v, n := binary.Uvarint(data[off:])
 				if n <= 0 || v > math.MaxUint32 {
-					return fmt.Errorf("%w: agent %q: bad pair counts", ErrState, id)
+					return fmt.Errorf("%w: agent %q: bad origin counts", ErrState, id)
 				}
 				c[i] = v
 				off += n
 			}
-			wins[s].PairN, wins[s].Pair, wins[s].Known = uint32(c[0]), uint32(c[1]), uint32(c[2])
+			wins[s].OriginN, wins[s].Origin, wins[s].Known = uint32(c[0]), uint32(c[1]), uint32(c[2])
 		}
-		if off+8*len(pairs) > len(data) {
-			return fmt.Errorf("%w: agent %q: truncated pairs", ErrState, id)
+		if off+8*len(origins) > len(data) {
+			return fmt.Errorf("%w: agent %q: truncated origins", ErrState, id)
 		}
-		for i := range pairs {
-			pairs[i] = binary.LittleEndian.Uint64(data[off:])
+		for i := range origins {
+			origins[i] = binary.LittleEndian.Uint64(data[off:])
 			off += 8
 		}
 	}
@@ -219,7 +219,7 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 		a = &agent{id: id}
 		p.agents[id] = a
 	}
-	a.class, a.seen, a.base, a.probes, a.pairs = c, seen, base, probes, pairs
+	a.class, a.seen, a.base, a.probes, a.origins = c, seen, base, probes, origins
 	a.persist, a.lastIdx = int32(min(persist, math.MaxInt32)), lastIdx
 	a.open = [2]bool{}
 	for s := range 2 {

@@ -132,10 +132,10 @@ func TestAgentSnapshotVersions(t *testing.T) {
 	if unfam != 2 || a.probes == (features.Probes{}) {
 		t.Fatalf("before the snapshot: %d unfamiliar denials, probes %v", unfam, a.probes)
 	}
-	a.pairs[1] = 0xfeedbeef<<32 | 1_750_000_000
+	a.origins[1] = 0xfeedbeef<<32 | 1_750_000_000
 	for s := range 2 {
 		if a.open[s] {
-			a.win[s].PairN, a.win[s].Pair, a.win[s].Known = 3, 1, 2
+			a.win[s].OriginN, a.win[s].Origin, a.win[s].Known = 3, 1, 2
 		}
 	}
 	snap, _ := p.AppendAgentState(nil, id)
@@ -148,8 +148,8 @@ func TestAgentSnapshotVersions(t *testing.T) {
 		t.Errorf("version 4 does not round-trip")
 	}
 	qa := q.agents[id]
-	if qa.pairs != a.pairs {
-		t.Errorf("pairs %v, want %v", qa.pairs, a.pairs)
+	if qa.origins != a.origins {
+		t.Errorf("pairs %v, want %v", qa.origins, a.origins)
 	}
 
 	// Version 3: without the version-4 tail (three uvarints per open
@@ -160,8 +160,8 @@ func TestAgentSnapshotVersions(t *testing.T) {
 	if err := r3.RestoreAgent(v3); err != nil {
 		t.Fatalf("version 3: %v", err)
 	}
-	if ra := r3.agents[id]; ra.pairs != (features.Pairs{}) || ra.probes != a.probes {
-		t.Errorf("version 3: pairs %v, probes %v", ra.pairs, ra.probes)
+	if ra := r3.agents[id]; ra.origins != (features.Origins{}) || ra.probes != a.probes {
+		t.Errorf("version 3: pairs %v, probes %v", ra.origins, ra.probes)
 	}
 
 	// Version 2: the same bytes without the version-3 tail either (one

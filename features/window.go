@@ -33,7 +33,7 @@ const (
 	RestrictedShare                 // data_class=restricted
 	WeakAuthShare                   // auth none/apikey, or attested=false
 	DeniedUnfamiliar                // denied calls to a target or action the agent has never been allowed
-	NewPairShare                    // calls with a credential and a source address that were new to the agent together, within the last day (see Pairs)
+	NewOriginShare                  // calls from a new origin (a credential and address new together, or a new network) beside established calls (see Origins)
 	NumFeatures
 )
 
@@ -41,7 +41,7 @@ var featureNames = [NumFeatures]string{
 	"event_count", "distinct_target_share", "new_targets", "new_actions", "new_credentials",
 	"new_src_addresses", "new_to_peer_group", "action_mix_jsd", "deny_rate", "error_rate",
 	"bytes_out_per_event", "bytes_in_per_event", "latency_ms", "amount_per_event",
-	"restricted_share", "weak_auth_share", "denied_unfamiliar", "new_cred_and_src_share",
+	"restricted_share", "weak_auth_share", "denied_unfamiliar", "new_origin_share",
 }
 
 func (f Feature) String() string {
@@ -64,8 +64,9 @@ const (
 	NewPeerItem   // at least one of the new items is new to the peer group too
 	Unfamiliar    // a denied call to a target or action the agent has not been allowed (see Probes)
 	NewPeerAccess // the target or the action is new to the peer group (NewPeerItem is set too)
-	NewPair       // the credential and source address were first used together, both new, between five minutes and a day ago (see Pairs)
-	KnownPair     // the credential and source address are both known and are not a new pair
+	NewOrigin     // the call comes from a new origin, first seen between five minutes and a day ago (see Origins)
+	KnownOrigin   // the call's credential, source address and network are known and are no new origin's
+	NewNetwork    // the source address is in a network the agent had not called from before
 )
 
 // Probes remembers the last few targets and actions an agent was denied on
@@ -124,76 +125,112 @@ func (pr *Probes) put(fp uint32) {
 	pr[len(pr)-1] = fp
 }
 
-// Pairs remembers the last few credentials and source addresses that were
-// both new to the agent when first used together, with when that was: 16-bit
-// fingerprints of each and Unix seconds, 32 bytes per agent.
+// Origins remembers the agent's last few new origins, with when each was
+// first seen (Unix seconds): a credential and a source address both new to
+// the agent when first used together, or a network (see network) the agent
+// had never called from. 16-bit fingerprints, 32 bytes per agent.
 //
 // A credential the agent has never used, presented from an address it has
 // never called from, is what a stolen credential used from the thief's host
-// looks like; a rotation brings a new credential from the agent's usual
-// addresses, a restarted instance a new address with its usual credential.
-// First-seen features see such a pair once; Pairs keeps flagging the calls
-// that use either of its items for a day (NewPair), so that an intruder
-// working alongside the real agent for hours stays visible as a share of
-// its calls (NewPairShare), and it tells the agent's established calls
-// (KnownPair) from those, which a credential and host replaced together no
-// longer make.
-type Pairs [4]uint64
+// looks like; the agent's own token replayed from a network it never used is
+// the other half of that. A rotation brings a new credential from the
+// agent's usual addresses, a restarted instance a new address in the usual
+// network with the usual credential: neither is a new origin. First-seen
+// features see a new origin once; Origins keeps flagging the calls that use
+// any of its items for a day (NewOrigin), so that an intruder working
+// alongside the real agent for hours stays visible as a share of its calls
+// (NewOriginShare), and it tells the agent's established calls (KnownOrigin)
+// from those, which an agent moved wholesale to new hosts and credentials
+// no longer makes.
+type Origins [4]uint64
 
-// pairAge is how long, in seconds, a new pair stays new; pairGrace how long
-// after its first call its calls are not yet counted (a credential and host
-// replaced together switch over within minutes, see Window.Vector).
+// originAge is how long, in seconds, a new origin stays new; originGrace
+// how long after its first call its calls are not yet counted (an agent
+// moved wholesale switches over within minutes, see Window.Vector).
 const (
-	pairAge   = 24 * 3600
-	pairGrace = 5 * 60
+	originAge   = 24 * 3600
+	originGrace = 5 * 60
 )
 
-// check records the pair of credential and address fingerprints c, a when
-// both are new now (flags), and classifies the call at ts (Unix
-// nanoseconds): NewPair when either item belongs to a pair recorded between
-// pairGrace and pairAge before, KnownPair when both are known and belong to
-// no pair recorded within pairAge, 0 otherwise (an item new now, or a pair
-// within its grace).
-func (pr *Pairs) check(c, a uint16, ts int64, flags uint16) uint16 {
+// check records a new origin when the call's credential and address are
+// both new now, or its network is (flags), and classifies the call at ts
+// (Unix nanoseconds) from its credential, address and network fingerprints
+// c, a, n: NewOrigin when it uses an item of an origin recorded between
+// originGrace and originAge before, KnownOrigin when its items are known and
+// of no origin recorded within originAge, 0 otherwise (an item new now, or
+// an origin within its grace).
+func (o *Origins) check(c, a, n uint16, ts int64, flags uint16) uint16 {
 	now := uint32(max(0, ts/1e9))
+	c |= 1 // 0 marks a network entry
 	if flags&NewCredential != 0 && flags&NewSource != 0 {
-		pr.put(c, a, now)
+		o.put(c, a, now)
+	}
+	if flags&NewNetwork != 0 {
+		o.put(0, n, now)
+	}
+	if flags&NewNetwork != 0 || flags&NewCredential != 0 && flags&NewSource != 0 {
 		return 0
 	}
-	out := KnownPair
+	out := KnownOrigin
 	if flags&(NewCredential|NewSource) != 0 {
 		out = 0
 	}
-	for i, v := range pr {
-		if v == 0 || uint16(v>>48) != c && uint16(v>>32) != a {
+	for i, v := range o {
+		ec, ea := uint16(v>>48), uint16(v>>32)
+		if v == 0 || ec == 0 && ea != n || ec != 0 && ec != c && ea != a {
 			continue
 		}
 		switch at := uint32(v); {
-		case at <= now && now-at >= pairAge:
-			pr[i] = 0 // no longer new
-		case at > now || now-at < pairGrace:
+		case at <= now && now-at >= originAge:
+			o[i] = 0 // no longer new
+		case at > now || now-at < originGrace:
 			return 0
 		default:
-			out = NewPair
+			out = NewOrigin
 		}
 	}
 	return out
 }
 
-// put records the pair c, a first seen at now, replacing the oldest entry
-// when full.
-func (pr *Pairs) put(c, a uint16, now uint32) {
+// put records an origin first seen at now, replacing the oldest entry when
+// full.
+func (o *Origins) put(c, a uint16, now uint32) {
 	old := 0
-	for i, v := range pr {
+	for i, v := range o {
 		if v == 0 {
 			old = i
 			break
 		}
-		if uint32(v) < uint32(pr[old]) {
+		if uint32(v) < uint32(o[old]) {
 			old = i
 		}
 	}
-	pr[old] = uint64(c)<<48 | uint64(a)<<32 | uint64(now)
+	o[old] = uint64(c)<<48 | uint64(a)<<32 | uint64(now)
+}
+
+// network returns the part of a source address that names its network: the
+// first two octets of an IPv4 address (its /16), the first three groups of
+// an IPv6 one (its /48, or what precedes a "::" before them), the last two
+// labels' worth of a dotted host name; false for anything without a dot or
+// a colon.
+func network(addr []byte) ([]byte, bool) {
+	dots, colons := 0, 0
+	for i, c := range addr {
+		switch c {
+		case '.':
+			if dots++; dots == 2 && colons == 0 {
+				return addr[:i], true
+			}
+		case ':':
+			if colons++; colons == 3 || i > 0 && addr[i-1] == ':' {
+				return addr[:i], true
+			}
+		}
+	}
+	if dots+colons == 0 {
+		return nil, false
+	}
+	return addr, true
 }
 
 // Hash seeds per item kind, so equal strings of different kinds differ.
@@ -202,16 +239,18 @@ const (
 	seedAction
 	seedCredential
 	seedSource
+	seedNetwork
 )
 
-// Observe checks the event's target, action, credential and source address
-// against the agent's and the peer group's seen sets, records them, and
-// returns novelty flags and the action's histogram bucket. With the agent's
-// probes it also flags a denied call to something the agent has never been
-// allowed (Unfamiliar), and with its pairs calls from a new credential and
-// address pair (NewPair). peer, probes and pairs may be nil (pairs while the
+// Observe checks the event's target, action, credential, source address and
+// its network against the agent's and the peer group's seen sets (networks:
+// the agent's only), records them, and returns novelty flags and the
+// action's histogram bucket. With the agent's probes it also flags a denied
+// call to something the agent has never been allowed (Unfamiliar), and with
+// its origins a call from a new origin (NewOrigin) or an established one
+// (KnownOrigin). peer, probes and origins may be nil (origins while the
 // agent is too young for its own items to be anything but new).
-func Observe(e *Event, agent, peer *SeenSet, probes *Probes, pairs *Pairs) (flags uint16, bucket int) {
+func Observe(e *Event, agent, peer *SeenSet, probes *Probes, origins *Origins) (flags uint16, bucket int) {
 	ah := Hash64(e.Action, seedAction)
 	th := Hash64(e.TargetID, seedTarget)
 	bucket = int(ah % ActionBuckets)
@@ -223,27 +262,29 @@ func Observe(e *Event, agent, peer *SeenSet, probes *Probes, pairs *Pairs) (flag
 	if probes != nil && probes.check(uint32(th>>32), uint32(ah>>32), e.Decision == Deny, flags) {
 		flags |= Unfamiliar
 	}
+	var ch uint64
 	if len(e.CredentialID) > 0 {
-		flags |= observe(Hash64(e.CredentialID, seedCredential), NewCredential, agent, peer)
-	}
-	if len(e.CredentialID) > 0 && len(e.SrcIP) > 0 {
-		ch, sh := Hash64(e.CredentialID, seedCredential), Hash64(e.SrcIP, seedSource)
+		ch = Hash64(e.CredentialID, seedCredential)
 		flags |= observe(ch, NewCredential, agent, peer)
-		flags |= observe(sh, NewSource, agent, peer)
-		switch {
-		case pairs == nil:
-		case *pairs == (Pairs{}) && flags&(NewCredential|NewSource) == 0:
-			flags |= KnownPair
-		default:
-			flags |= pairs.check(uint16(ch>>16), uint16(sh>>16), e.TS, flags)
-		}
+	}
+	if len(e.SrcIP) == 0 {
 		return flags, bucket
 	}
-	if len(e.CredentialID) > 0 {
-		flags |= observe(Hash64(e.CredentialID, seedCredential), NewCredential, agent, peer)
+	sh := Hash64(e.SrcIP, seedSource)
+	flags |= observe(sh, NewSource, agent, peer)
+	var nh uint64
+	if n, ok := network(e.SrcIP); ok {
+		nh = Hash64(n, seedNetwork)
+		if agent.Observe(uint32(nh >> 32)) {
+			flags |= NewNetwork
+		}
 	}
-	if len(e.SrcIP) > 0 {
-		flags |= observe(Hash64(e.SrcIP, seedSource), NewSource, agent, peer)
+	switch {
+	case origins == nil:
+	case *origins == (Origins{}) && flags&(NewCredential|NewSource|NewNetwork) == 0:
+		flags |= KnownOrigin
+	default:
+		flags |= origins.check(uint16(ch>>16), uint16(sh>>16), uint16(nh>>16), e.TS, flags)
 	}
 	return flags, bucket
 }
@@ -288,10 +329,9 @@ type Window struct {
 	Last       int64
 	Flags      uint8  // reserved for the runtime (e.g. which early alerts fired)
 	Unfamiliar uint16 // denied calls flagged Unfamiliar (kept in the agent snapshot, version 3)
-	// Calls carrying both a credential and a source address, those of them
-	// flagged NewPair and those flagged KnownPair (kept in the agent
-	// snapshot, version 4).
-	PairN, Pair, Known uint32
+	// Calls carrying a source address, those of them flagged NewOrigin and
+	// those flagged KnownOrigin (kept in the agent snapshot, version 4).
+	OriginN, Origin, Known uint32
 }
 
 // Reset empties w and starts window idx.
@@ -342,12 +382,12 @@ func (w *Window) Add(e *Event, flags uint16, bucket int) {
 		w.AmountSum += e.Amount
 		w.AmountN++
 	}
-	if len(e.CredentialID) > 0 && len(e.SrcIP) > 0 {
-		w.PairN++
-		if flags&NewPair != 0 {
-			w.Pair++
+	if len(e.SrcIP) > 0 {
+		w.OriginN++
+		if flags&NewOrigin != 0 {
+			w.Origin++
 		}
-		if flags&KnownPair != 0 {
+		if flags&KnownOrigin != 0 {
 			w.Known++
 		}
 	}
@@ -414,13 +454,14 @@ func (w *Window) Vector(size int64) Vector {
 	v.Value[ErrorRate], v.Trials[ErrorRate] = float64(w.Errors), n
 	v.Value[RestrictedShare], v.Trials[RestrictedShare] = float64(w.Restricted), float64(w.DataN)
 	v.Value[WeakAuthShare], v.Trials[WeakAuthShare] = float64(w.Weak), float64(w.WeakN)
-	// New pairs count alongside known ones: an intruder works beside the
-	// agent, while a credential and host replaced together leave nothing
-	// known behind (nor does an agent whose only calls are the intruder's).
+	// New origins count beside known ones: an intruder works alongside the
+	// agent, while an agent moved wholesale to new hosts and credentials
+	// leaves nothing known behind (nor does one whose only calls are the
+	// intruder's).
 	if w.Known > 0 {
-		v.Value[NewPairShare] = float64(w.Pair)
+		v.Value[NewOriginShare] = float64(w.Origin)
 	}
-	v.Trials[NewPairShare] = float64(w.PairN)
+	v.Trials[NewOriginShare] = float64(w.OriginN)
 	mean := func(sum float64, k uint32) float64 {
 		if k == 0 {
 			return 0

@@ -21,7 +21,7 @@ type replayAgent struct {
 	id, class string
 	seen      SeenSet
 	probes    Probes
-	pairs     Pairs
+	origins   Origins
 	wins      map[int64]*Window
 }
 
@@ -62,7 +62,7 @@ func replay(t testing.TB, path string, size int64) []*replayAgent {
 			peer = &s
 			peers[a.class] = peer
 		}
-		flags, bucket := Observe(&e, &a.seen, peer, &a.probes, &a.pairs)
+		flags, bucket := Observe(&e, &a.seen, peer, &a.probes, &a.origins)
 		idx := WindowIndex(e.TS, size)
 		w := a.wins[idx]
 		if w == nil {
@@ -474,9 +474,9 @@ func TestObserve(t *testing.T) {
 		peer  *SeenSet
 		want  uint16
 	}{
-		{"first event: everything new to agent and group", e, &agent, &peer, NewTarget | NewAction | NewCredential | NewSource | NewPeerItem | NewPeerAccess},
+		{"first event: everything new to agent and group", e, &agent, &peer, NewTarget | NewAction | NewCredential | NewSource | NewNetwork | NewPeerItem | NewPeerAccess},
 		{"repeat: nothing new", e, &agent, &peer, 0},
-		{"peer's items: new to the agent only", e, &other, &peer, NewTarget | NewAction | NewCredential | NewSource},
+		{"peer's items: new to the agent only", e, &other, &peer, NewTarget | NewAction | NewCredential | NewSource | NewNetwork},
 		{"one new item, new to the group too", Event{TargetID: e.TargetID, Action: []byte("refund")}, &agent, &peer, NewAction | NewPeerItem | NewPeerAccess},
 		{"a new credential, new to the group: not access", Event{TargetID: e.TargetID, Action: e.Action, CredentialID: []byte("cert-2")}, &agent, &peer, NewCredential | NewPeerItem},
 		{"the peer then uses it", Event{TargetID: e.TargetID, Action: []byte("refund")}, &other, &peer, NewAction},
@@ -487,7 +487,7 @@ func TestObserve(t *testing.T) {
 	for _, s := range steps {
 		flags, bucket := Observe(&s.e, s.agent, s.peer, nil, nil)
 		if flags != s.want {
-			t.Errorf("%s: flags %07b, want %07b", s.name, flags, s.want)
+			t.Errorf("%s: flags %010b, want %010b", s.name, flags, s.want)
 		}
 		if bucket < 0 || bucket >= ActionBuckets || bucket != int(Hash64(s.e.Action, seedAction)%ActionBuckets) {
 			t.Errorf("%s: bucket %d", s.name, bucket)
@@ -678,74 +678,95 @@ func TestProbes(t *testing.T) {
 	}
 }
 
-// A credential and an address that are both new to the agent, first used
-// together, flag the calls that use either (NewPair) from five minutes after
-// the first until a day after; a new credential from a known
-// address (a rotation), a new address with a known credential (a restarted
-// instance) are neither new pairs nor, while new, known ones; the agent's
-// established pairs are known (KnownPair). Pairs keeps the last four new
-// pairs.
-func TestPairs(t *testing.T) {
+// A credential and an address both new to the agent, first used together,
+// and a network the agent never called from are new origins: the calls that
+// use any of their items are flagged (NewOrigin) from five minutes after the
+// first until a day after. A new credential from a known address (a
+// rotation) and a new address in a known network with a known credential (a
+// restarted instance) are neither new origins nor, while new, known ones;
+// the agent's established calls are known (KnownOrigin). Origins keeps the
+// last four new origins.
+func TestOrigins(t *testing.T) {
 	agent := NewSeenSet(64)
-	var pr Pairs
+	var o Origins
 	t0 := int64(1_750_000_000) * 1e9
 	call := func(cred, src string, at time.Duration) uint16 {
 		t.Helper()
 		e := Event{TargetID: []byte("ledger"), Action: []byte("read"), CredentialID: []byte(cred), SrcIP: []byte(src), TS: t0 + int64(at)}
-		flags, _ := Observe(&e, &agent, nil, nil, &pr)
-		return flags & (NewPair | KnownPair)
+		flags, _ := Observe(&e, &agent, nil, nil, &o)
+		return flags & (NewOrigin | KnownOrigin)
 	}
-	// The agent's own: its first pair is new too (the detector passes no
-	// Pairs for an agent's first day), so start from a known history.
+	// The agent's own: its first origin is new too (the detector passes no
+	// Origins for an agent's first day), so start from a known history.
 	call("x509:own", "10.0.0.1", 0)
-	pr = Pairs{}
+	o = Origins{}
 	steps := []struct {
 		cred, src string
 		at        time.Duration
 		want      uint16
 	}{
-		{"x509:own", "10.0.0.1", time.Minute, KnownPair},
+		{"x509:own", "10.0.0.1", time.Minute, KnownOrigin},
 		{"x509:rotated", "10.0.0.1", 2 * time.Minute, 0}, // rotation: known address
-		{"x509:rotated", "10.0.0.1", 3 * time.Minute, KnownPair},
-		{"x509:own", "10.0.0.2", 3 * time.Minute, 0},       // new instance: known credential
-		{"key:stolen", "10.9.9.9", 4 * time.Minute, 0},     // both new together: recorded
-		{"key:stolen", "10.9.9.9", 8 * time.Minute, 0},     // within the grace
-		{"key:stolen", "10.9.9.9", time.Hour, NewPair},     // and its calls after
-		{"x509:own", "10.0.0.1", time.Hour, KnownPair},     // the agent's own calls alongside
-		{"key:stolen", "10.0.0.1", 2 * time.Hour, NewPair}, // the new credential from elsewhere
-		{"key:stolen", "10.9.9.9", 23 * time.Hour, NewPair},
-		{"key:stolen", "10.9.9.9", 25 * time.Hour, KnownPair}, // a day on: no longer new
-		{"key:stolen", "10.9.9.9", 26 * time.Hour, KnownPair},
+		{"x509:rotated", "10.0.0.1", 3 * time.Minute, KnownOrigin},
+		{"x509:own", "10.0.7.2", 3 * time.Minute, 0}, // new instance: known credential, known network
+		{"x509:own", "10.0.7.2", 4 * time.Minute, KnownOrigin},
+		{"key:stolen", "10.9.9.9", 4 * time.Minute, 0},       // both new together, and a new network: recorded
+		{"key:stolen", "10.9.9.9", 8 * time.Minute, 0},       // within the grace
+		{"key:stolen", "10.9.9.9", time.Hour, NewOrigin},     // and its calls after
+		{"x509:own", "10.0.0.1", time.Hour, KnownOrigin},     // the agent's own calls alongside
+		{"key:stolen", "10.0.0.1", 2 * time.Hour, NewOrigin}, // the new credential from elsewhere
+		{"x509:own", "10.9.8.8", 2 * time.Hour, NewOrigin},   // the new network, with the agent's own token
+		{"key:stolen", "10.9.9.9", 23 * time.Hour, NewOrigin},
+		{"key:stolen", "10.9.9.9", 25 * time.Hour, KnownOrigin}, // a day on: no longer new
+		{"x509:own", "10.9.8.8", 26 * time.Hour, KnownOrigin},
+		// The agent's own token from a network it never used.
+		{"x509:own", "192.168.4.4", 27 * time.Hour, 0},
+		{"x509:own", "192.168.4.5", 28 * time.Hour, NewOrigin},
+		{"x509:own", "10.0.0.1", 28 * time.Hour, KnownOrigin},
 	}
 	for i, s := range steps {
 		if got := call(s.cred, s.src, s.at); got != s.want {
 			t.Errorf("step %d (%s from %s at %v): flags %b, want %b", i, s.cred, s.src, s.at, got, s.want)
 		}
 	}
-	if pr != (Pairs{}) {
-		t.Errorf("an expired pair is kept: %x", pr)
-	}
+	o = Origins{}
 	for i := range 5 {
-		call(fmt.Sprintf("key:%d", i), fmt.Sprintf("10.8.0.%d", i), 27*time.Hour+time.Duration(i)*time.Minute)
+		call(fmt.Sprintf("key:%d", i), fmt.Sprintf("10.8.0.%d", i), 30*time.Hour+time.Duration(i)*time.Minute)
 	}
-	if call("key:0", "10.8.0.0", 28*time.Hour) != KnownPair || call("key:4", "10.8.0.4", 28*time.Hour) != NewPair {
-		t.Error("a fifth pair does not push out the oldest")
+	if call("key:0", "10.8.0.0", 31*time.Hour) != KnownOrigin || call("key:4", "10.8.0.4", 31*time.Hour) != NewOrigin {
+		t.Error("a fifth origin does not push out the oldest")
 	}
 }
 
-// A window counts calls from new pairs only beside known ones: a credential
-// and host replaced together leave none.
+// The network of an address: a /16, a /48, a domain.
+func TestNetwork(t *testing.T) {
+	for _, tc := range []struct{ addr, want string }{
+		{"10.51.14.213", "10.51"},
+		{"2001:db8:85a3:8d3:1319:8a2e:370:7348", "2001:db8:85a3"},
+		{"fd00::1", "fd00:"},
+		{"build-7.ci.bank.example", "build-7.ci"},
+		{"localhost", ""},
+	} {
+		n, ok := network([]byte(tc.addr))
+		if string(n) != tc.want || ok != (tc.want != "") {
+			t.Errorf("network(%q) = %q, %v; want %q", tc.addr, n, ok, tc.want)
+		}
+	}
+}
+
+// A window counts calls from new origins only beside known ones: an agent
+// moved wholesale to new hosts and credentials leaves none.
 func TestPairShareNeedsKnownCalls(t *testing.T) {
 	var w Window
 	w.Reset(1)
 	e := Event{CredentialID: []byte("c"), SrcIP: []byte("s")}
-	w.Add(&e, NewPair, 0)
-	w.Add(&e, NewPair, 0)
-	if v := w.Vector(int64(time.Minute)); v.Value[NewPairShare] != 0 || v.Trials[NewPairShare] != 2 {
-		t.Errorf("new pairs alone: %v of %v, want 0 of 2", v.Value[NewPairShare], v.Trials[NewPairShare])
+	w.Add(&e, NewOrigin, 0)
+	w.Add(&e, NewOrigin, 0)
+	if v := w.Vector(int64(time.Minute)); v.Value[NewOriginShare] != 0 || v.Trials[NewOriginShare] != 2 {
+		t.Errorf("new pairs alone: %v of %v, want 0 of 2", v.Value[NewOriginShare], v.Trials[NewOriginShare])
 	}
-	w.Add(&e, KnownPair, 0)
-	if v := w.Vector(int64(time.Minute)); v.Value[NewPairShare] != 2 || v.Trials[NewPairShare] != 3 {
-		t.Errorf("beside a known pair: %v of %v, want 2 of 3", v.Value[NewPairShare], v.Trials[NewPairShare])
+	w.Add(&e, KnownOrigin, 0)
+	if v := w.Vector(int64(time.Minute)); v.Value[NewOriginShare] != 2 || v.Trials[NewOriginShare] != 3 {
+		t.Errorf("beside a known pair: %v of %v, want 2 of 3", v.Value[NewOriginShare], v.Trials[NewOriginShare])
 	}
 }

@@ -10,7 +10,7 @@ import (
 var (
 	gaussFeatures = [...]features.Feature{features.ActionMix, features.BytesOut, features.BytesIn, features.Latency, features.Amount}
 	rareFeatures  = [...]features.Feature{features.NewTargets, features.NewActions, features.NewCredentials, features.NewSources, features.NewToPeers, features.DeniedUnfamiliar}
-	shareFeatures = [...]features.Feature{features.DistinctTargets, features.DenyRate, features.ErrorRate, features.RestrictedShare, features.WeakAuthShare, features.NewPairShare}
+	shareFeatures = [...]features.Feature{features.DistinctTargets, features.DenyRate, features.ErrorRate, features.RestrictedShare, features.WeakAuthShare, features.NewOriginShare}
 )
 
 const (

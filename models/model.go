@@ -346,7 +346,7 @@ func (m *Model) Evaluate(v *features.Vector, a, p *Baseline, res *Result) {
 		res.set(f, kk, q*size, z)
 	}
 
-	// Shares (deny, error, restricted, weak auth, new pairs): binomial with the agent's
+	// Shares (deny, error, restricted, weak auth, new origins): binomial with the agent's
 	// rate, a peer-group prior, and overdispersion.
 	for i := range numShare {
 		f := shareFeatures[i]
@@ -420,11 +420,11 @@ func (m *Model) evaluateCount(v *features.Vector, a, p *Baseline, warmPeer bool,
 // shareFloor is the least per-call rate of a share feature. Denials, errors
 // and repeated targets have a background in any agent's traffic, so their
 // rates are not trusted below 0.2 %; restricted data and weak or unattested
-// authentication, and calls from a credential and an address that were new
-// together, are properties an agent and its peers may never show, and
+// authentication, and calls from new origins (see features.Origins), are
+// properties an agent and its peers may never show, and
 // an agent with none in thousands of calls is credited down to 0.02 %.
 func shareFloor(f features.Feature) float64 {
-	if f == features.WeakAuthShare || f == features.RestrictedShare || f == features.NewPairShare {
+	if f == features.WeakAuthShare || f == features.RestrictedShare || f == features.NewOriginShare {
 		return 2e-4
 	}
 	return 0.002
@@ -625,7 +625,7 @@ func (m *Model) windowsPerDay() float64 { return 24 * m.windowsPerHour }
 var sustainedFeatures = [...]features.Feature{
 	features.NewTargets, features.NewActions, features.NewCredentials, features.NewSources, features.NewToPeers,
 	features.DenyRate, features.ErrorRate, features.RestrictedShare, features.WeakAuthShare,
-	features.BytesOut, features.Amount, features.DeniedUnfamiliar, features.NewPairShare,
+	features.BytesOut, features.Amount, features.DeniedUnfamiliar, features.NewOriginShare,
 }
 
 // minHours is how many complete hours an agent needs before its hour-level
@@ -1142,7 +1142,7 @@ const (
 )
 
 // hourShares are the shares also summed hour by hour.
-var hourShares = [...]features.Feature{features.DenyRate, features.RestrictedShare, features.WeakAuthShare, features.NewPairShare}
+var hourShares = [...]features.Feature{features.DenyRate, features.RestrictedShare, features.WeakAuthShare, features.NewOriginShare}
 
 // recentHours is the time constant, in hours, of the decaying sums of
 // first-seen items (see Sustain).

@@ -205,7 +205,7 @@ func (b *Baseline) fields(c codec) {
 		c.f32(&b.hodDay[j][1])
 	}
 	c.u8(&b.hodHour)
-	// Appended with new_cred_and_src_share: its share, CUSUM and hour sums.
+	// Appended with new_origin_share: its share, CUSUM and hour sums.
 	for i := legacyShare; i < numShare; i++ {
 		sh := &b.share[i]
 		c.f32(&sh.k)
@@ -229,7 +229,7 @@ const (
 	legacyRare        = 5
 	legacySustained   = 11
 	legacyHourNovelty = 3
-	// And before new_cred_and_src_share.
+	// And before new_origin_share.
 	legacyShare       = 5
 	legacySustainedV2 = 12
 	legacyHourShares  = 3

@@ -75,21 +75,21 @@ ARRAY JOIN
     ['event_count', 'distinct_target_share', 'new_targets', 'new_actions', 'new_credentials',
      'new_src_addresses', 'new_to_peer_group', 'action_mix_jsd', 'deny_rate', 'error_rate',
      'bytes_out_per_event', 'bytes_in_per_event', 'latency_ms', 'amount_per_event',
-     'restricted_share', 'weak_auth_share', 'denied_unfamiliar', 'new_cred_and_src_share'] AS feature,
+     'restricted_share', 'weak_auth_share', 'denied_unfamiliar', 'new_origin_share'] AS feature,
     [event_count, distinct_target_share, new_targets, new_actions, new_credentials,
      new_src_addresses, new_to_peer_group, action_mix_jsd, deny_rate, error_rate,
      bytes_out_per_event, bytes_in_per_event, latency_ms, amount_per_event,
-     restricted_share, weak_auth_share, denied_unfamiliar, new_cred_and_src_share] AS value,
+     restricted_share, weak_auth_share, denied_unfamiliar, new_origin_share] AS value,
     [expected_event_count, expected_distinct_target_share, expected_new_targets, expected_new_actions,
      expected_new_credentials, expected_new_src_addresses, expected_new_to_peer_group,
      expected_action_mix_jsd, expected_deny_rate, expected_error_rate, expected_bytes_out_per_event,
      expected_bytes_in_per_event, expected_latency_ms, expected_amount_per_event,
      expected_restricted_share, expected_weak_auth_share, expected_denied_unfamiliar,
-     expected_new_cred_and_src_share] AS expected,
+     expected_new_origin_share] AS expected,
     [z_event_count, z_distinct_target_share, z_new_targets, z_new_actions, z_new_credentials,
      z_new_src_addresses, z_new_to_peer_group, z_action_mix_jsd, z_deny_rate, z_error_rate,
      z_bytes_out_per_event, z_bytes_in_per_event, z_latency_ms, z_amount_per_event,
-     z_restricted_share, z_weak_auth_share, z_denied_unfamiliar, z_new_cred_and_src_share] AS z
+     z_restricted_share, z_weak_auth_share, z_denied_unfamiliar, z_new_origin_share] AS z
 WHERE (agent_id, window_start) IN (
     SELECT agent_id, window_start FROM alerts FINAL WHERE alert_id = '3f9a6c1e5b7d4e20a8c4f1d2b6e9a0c7');
 

@@ -197,13 +197,13 @@ ALTER TABLE windows ADD COLUMN expected_denied_unfamiliar Float64 DEFAULT 0 AFTE
 
 ALTER TABLE windows ADD COLUMN z_denied_unfamiliar Float64 DEFAULT 0 AFTER expected_denied_unfamiliar;
 
--- migration 3: windows: new_cred_and_src_share
+-- migration 3: windows: new_origin_share
 
 -- ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS: on a database that has
 -- these columns already, these statements fail and can be skipped.
 
-ALTER TABLE windows ADD COLUMN new_cred_and_src_share Float64 DEFAULT 0 AFTER z_denied_unfamiliar;
+ALTER TABLE windows ADD COLUMN new_origin_share Float64 DEFAULT 0 AFTER z_denied_unfamiliar;
 
-ALTER TABLE windows ADD COLUMN expected_new_cred_and_src_share Float64 DEFAULT 0 AFTER new_cred_and_src_share;
+ALTER TABLE windows ADD COLUMN expected_new_origin_share Float64 DEFAULT 0 AFTER new_origin_share;
 
-ALTER TABLE windows ADD COLUMN z_new_cred_and_src_share Float64 DEFAULT 0 AFTER expected_new_cred_and_src_share;
+ALTER TABLE windows ADD COLUMN z_new_origin_share Float64 DEFAULT 0 AFTER expected_new_origin_share;

@@ -58,7 +58,7 @@ var windowFeaturesV2 = []string{"denied_unfamiliar"}
 
 // windowFeaturesV3 are the feature columns migration 3 added, after
 // windowFeaturesV2. Frozen too.
-var windowFeaturesV3 = []string{"new_cred_and_src_share"}
+var windowFeaturesV3 = []string{"new_origin_share"}
 
 const severityEnum = `Enum8('none' = 0, 'info' = 1, 'warning' = 2, 'critical' = 3)`
 
@@ -199,7 +199,7 @@ ORDER BY (topic, kafka_partition, seq)`,
 	columns: featureColumnsAfter(windowFeatures, windowFeaturesV2),
 }, {
 	version: 3,
-	name:    "windows: new_cred_and_src_share",
+	name:    "windows: new_origin_share",
 	columns: featureColumnsAfter(windowFeaturesV2, windowFeaturesV3),
 }}
 

@@ -264,7 +264,7 @@ func TestStoredRecords(t *testing.T) {
 	}
 	got = query(t, srv, cfg.Database, fmt.Sprintf(`SELECT hour_of_week, events, scored = ['event_count', 'distinct_target_share', 'new_targets', 'new_actions',
 		'new_credentials', 'new_src_addresses', 'new_to_peer_group', 'action_mix_jsd', 'deny_rate', 'error_rate', 'bytes_out_per_event',
-		'bytes_in_per_event', 'latency_ms', 'amount_per_event', 'restricted_share', 'weak_auth_share', 'denied_unfamiliar', 'new_cred_and_src_share'], cold, new_targets, expected_new_targets, z_new_targets
+		'bytes_in_per_event', 'latency_ms', 'amount_per_event', 'restricted_share', 'weak_auth_share', 'denied_unfamiliar', 'new_origin_share'], cold, new_targets, expected_new_targets, z_new_targets
 		FROM windows FINAL WHERE agent_id = '%s' AND window_start = '%s'`, agentPayments, dt(a.WindowStart)))
 	if want := fmt.Sprintf("%d\t240\t1\t0\t4\t0.25\t9.5\n", f.payWindow.HourOfWeek); got != want {
 		t.Errorf("window row: %q, want %q", got, want)
