@@ -756,7 +756,7 @@ func TestNetwork(t *testing.T) {
 
 // A window counts calls from new origins only beside known ones: an agent
 // moved wholesale to new hosts and credentials leaves none.
-func TestPairShareNeedsKnownCalls(t *testing.T) {
+func TestOriginShareNeedsKnownCalls(t *testing.T) {
 	var w Window
 	w.Reset(1)
 	e := Event{CredentialID: []byte("c"), SrcIP: []byte("s")}
