@@ -210,27 +210,41 @@ func (o *Origins) put(c, a uint16, now uint32) {
 
 // network returns the part of a source address that names its network: the
 // first two octets of an IPv4 address (its /16), the first three groups of
-// an IPv6 one (its /48, or what precedes a "::" before them), the last two
-// labels' worth of a dotted host name; false for anything without a dot or
-// a colon.
+// an IPv6 one (its /48, or what precedes a "::" before them; an IPv4
+// address written in IPv6 is its IPv4 network); false for
+// anything else (a host name says nothing of where it is).
 func network(addr []byte) ([]byte, bool) {
-	dots, colons := 0, 0
+	dots, colons, hex := 0, 0, false
+	end := -1
 	for i, c := range addr {
-		switch c {
-		case '.':
-			if dots++; dots == 2 && colons == 0 {
-				return addr[:i], true
+		switch {
+		case c == '.':
+			if dots++; dots == 2 && end < 0 {
+				end = i
 			}
-		case ':':
-			if colons++; colons == 3 || i > 0 && addr[i-1] == ':' {
-				return addr[:i], true
+		case c == ':':
+			if colons++; end < 0 && (colons == 3 || i > 0 && addr[i-1] == ':') {
+				end = i
 			}
+		case '0' <= c && c <= '9':
+		case 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F':
+			hex = true
+		default:
+			return nil, false
 		}
 	}
-	if dots+colons == 0 {
-		return nil, false
+	switch {
+	case colons >= 2 && dots == 3: // IPv4 in IPv6: its IPv4 network
+		return network(addr[bytes.LastIndexByte(addr, ':')+1:])
+	case colons >= 2:
+		if end < 0 {
+			end = len(addr)
+		}
+		return addr[:end], true
+	case colons == 0 && !hex && dots == 3:
+		return addr[:end], true
 	}
-	return addr, true
+	return nil, false
 }
 
 // Hash seeds per item kind, so equal strings of different kinds differ.
@@ -274,8 +288,11 @@ func Observe(e *Event, agent, peer *SeenSet, probes *Probes, origins *Origins) (
 	flags |= observe(sh, NewSource, agent, peer)
 	var nh uint64
 	if n, ok := network(e.SrcIP); ok {
+		// Only a new address can be in a new network; the networks of
+		// known ones are recorded as they are used (after an upgrade from a
+		// version that kept none, within minutes).
 		nh = Hash64(n, seedNetwork)
-		if agent.Observe(uint32(nh >> 32)) {
+		if agent.Observe(uint32(nh>>32)) && flags&NewSource != 0 {
 			flags |= NewNetwork
 		}
 	}

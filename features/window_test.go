@@ -738,13 +738,16 @@ func TestOrigins(t *testing.T) {
 	}
 }
 
-// The network of an address: a /16, a /48, a domain.
+// The network of an address: a /16, a /48, nothing for a name.
 func TestNetwork(t *testing.T) {
 	for _, tc := range []struct{ addr, want string }{
 		{"10.51.14.213", "10.51"},
 		{"2001:db8:85a3:8d3:1319:8a2e:370:7348", "2001:db8:85a3"},
 		{"fd00::1", "fd00:"},
-		{"build-7.ci.bank.example", "build-7.ci"},
+		{"::ffff:10.1.2.3", "10.1"},
+		{"build-7.ci.bank.example", ""},
+		{"cafe.beef.10.1", ""},
+		{"10.51.14", ""},
 		{"localhost", ""},
 	} {
 		n, ok := network([]byte(tc.addr))
@@ -768,5 +771,27 @@ func TestOriginShareNeedsKnownCalls(t *testing.T) {
 	w.Add(&e, KnownOrigin, 0)
 	if v := w.Vector(int64(time.Minute)); v.Value[NewOriginShare] != 2 || v.Trials[NewOriginShare] != 3 {
 		t.Errorf("beside a known pair: %v of %v, want 2 of 3", v.Value[NewOriginShare], v.Trials[NewOriginShare])
+	}
+}
+
+// A known address records its network without flagging it, as after an
+// upgrade from a version that kept no networks: a new instance in that
+// network is then not in a new network, while an address elsewhere is.
+func TestNetworkOfKnownAddress(t *testing.T) {
+	agent := NewSeenSet(64)
+	agent.Observe(uint32(Hash64([]byte("10.0.0.1"), seedSource) >> 32)) // known before networks were kept
+	call := func(src string) uint16 {
+		e := Event{TargetID: []byte("ledger"), Action: []byte("read"), SrcIP: []byte(src)}
+		flags, _ := Observe(&e, &agent, nil, nil, nil)
+		return flags & (NewSource | NewNetwork)
+	}
+	if f := call("10.0.0.1"); f != 0 {
+		t.Errorf("known address: flags %b", f)
+	}
+	if f := call("10.0.3.3"); f != NewSource {
+		t.Errorf("new address in its network: flags %b, want NewSource only", f)
+	}
+	if f := call("10.9.3.3"); f != NewSource|NewNetwork {
+		t.Errorf("new address elsewhere: flags %b, want NewSource|NewNetwork", f)
 	}
 }
