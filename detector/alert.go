@@ -99,9 +99,19 @@ type Alert struct {
 	Kind        string          `json:"kind"`
 	Reasons     []models.Reason `json:"reasons"`
 	Baseline    Baseline        `json:"baseline"`
-	// CredentialID is the last credential the agent presented (not part
-	// of the alert contract; revocation requests carry it).
-	CredentialID string `json:"-"`
+	// Credentials are the credentials the agent itself established (known
+	// to it before, not another agent's) and presented in the alert's
+	// window: the only ones a revocation request may name. Not part of the
+	// alert contract.
+	Credentials []string `json:"-"`
+	// OtherCredentials are credentials presented in the window that are
+	// new to the agent or another agent's: evidence of misuse, never a
+	// revocation target.
+	OtherCredentials []string `json:"-"`
+	// Verified reports that every event behind the alert carried a
+	// verified signature (see issue 12); enforcement rests only on such
+	// evidence. False until event signatures are verified.
+	Verified bool `json:"-"`
 }
 
 // AlertID is the stable id of an alert: the same agent, window and kind always

@@ -57,10 +57,11 @@ type agent struct {
 	// order[s] is when window s was scheduled (Pipeline.order): windows that
 	// close together are decided in this order, also after a restore.
 	order [2]uint64
-	// cred is the last credential the agent presented (for revocation
-	// requests); not checkpointed, so empty after a restore until the
-	// agent's next event.
-	cred string
+	// creds are the credentials the agent presented recently (for
+	// revocation requests); not checkpointed, so empty after a restore
+	// until the agent's next events (a credential its first-seen set knows
+	// is its own at once).
+	creds *credList
 }
 
 // class is the state of one peer group.
@@ -229,8 +230,8 @@ func (p *Pipeline) Process(raw []byte) error {
 	if !a.open[s] {
 		p.openWindow(a, s, idx)
 	}
-	if len(e.CredentialID) > 0 && a.cred != string(e.CredentialID) {
-		a.cred = string(e.CredentialID)
+	if len(e.CredentialID) > 0 {
+		p.noteCred(a, e.CredentialID, idx)
 	}
 	// An agent's first day is all new credentials, addresses and networks:
 	// new origins mean something only once it has a day of its own.
@@ -648,8 +649,8 @@ func (p *Pipeline) alert(c *closing, sev Severity, at int64, early bool) {
 		Score:      float64(int(c.res.Score*10+0.5)) / 10, Severity: sev, Kind: kind,
 		Reasons:      append([]models.Reason(nil), p.reasons...),
 		Baseline:     Baseline{Source: c.res.Source, Windows: c.res.Windows},
-		CredentialID: c.a.cred,
 	}
+	al.Credentials, al.OtherCredentials = p.alertCreds(c.a, c.v.Index)
 	if p.onAlert != nil {
 		p.onAlert(al)
 	}

@@ -217,7 +217,7 @@ func (r *Revoker) Decide(a *Alert) (*Revocation, error) {
 		AgentID: a.AgentID, AgentClass: a.AgentClass,
 		WindowStart: a.WindowStart.UTC(), WindowEnd: a.WindowEnd.UTC(), DetectedAt: a.DetectedAt.UTC(),
 		Score: a.Score, Severity: a.Severity, Kind: a.Kind, Reasons: a.Reasons, Baseline: a.Baseline,
-		CredentialID: a.CredentialID, Action: r.pol.Action, Mode: mode, Why: why,
+		CredentialID: firstOr(a.Credentials), Action: r.pol.Action, Mode: mode, Why: why,
 		ExpiresAt: a.DetectedAt.Add(r.pol.TTL).UTC(),
 	}
 	if err := r.signer.Sign(rv); err != nil {
@@ -507,4 +507,11 @@ func LoadPublicKey(file string) (ed25519.PublicKey, error) {
 		return nil, fmt.Errorf("%s: not an Ed25519 key", file)
 	}
 	return ek, nil
+}
+
+func firstOr(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[0]
 }

@@ -35,7 +35,7 @@ func testAlert(agent string, at time.Time, score float64, sev Severity) *Alert {
 		Score: score, Severity: sev, Kind: KindNovelAccess,
 		Reasons:      []models.Reason{{Feature: "new_targets", Value: 12, Expected: 0.1, Z: 9, Contribution: 80}},
 		Baseline:     Baseline{Source: models.SourceAgent, Windows: 500},
-		CredentialID: "cert-" + agent,
+		Credentials: []string{"cert-" + agent},
 	}
 }
 

@@ -599,3 +599,7 @@ func (w *Window) DecodeFrom(data []byte) (int, error) {
 	w.Flags = data[off]
 	return off + 1, nil
 }
+
+// CredentialFingerprint is the first-seen set's fingerprint of credential
+// id: SeenSet.Contains tells whether an agent or group has presented it.
+func CredentialFingerprint(id []byte) uint32 { return uint32(Hash64(id, seedCredential) >> 32) }

@@ -137,7 +137,7 @@ func newFixture(t testing.TB) *fixture {
 			{Feature: "new_to_peer_group", Value: 3, Expected: 0.125, Z: 8.5, Contribution: 0.25},
 			{Feature: "distinct_target_share", Value: 0.375, Expected: 0.125, Z: 3, Contribution: 0.125},
 		},
-		Baseline: detector.Baseline{Source: models.SourceAgent, Windows: 500}, CredentialID: "cert-7781",
+		Baseline: detector.Baseline{Source: models.SourceAgent, Windows: 500}, Credentials: []string{"cert-7781"},
 	}
 	a2 := &detector.Alert{
 		AlertID: detector.AlertID(agentReporting, f.ts(1).UnixNano(), detector.KindVolume), AgentID: agentReporting, AgentClass: "reporting",
@@ -147,14 +147,14 @@ func newFixture(t testing.TB) *fixture {
 			{Feature: "event_count", Value: 90, Expected: 41, Z: 3.25, Contribution: 0.75},
 			{Feature: "new_targets", Value: 1, Expected: 0.25, Z: 2.5, Contribution: 0.25},
 		},
-		Baseline: detector.Baseline{Source: models.SourceAgent, Windows: 500}, CredentialID: "key-reporting-2",
+		Baseline: detector.Baseline{Source: models.SourceAgent, Windows: 500}, Credentials: []string{"key-reporting-2"},
 	}
 	a3 := &detector.Alert{
 		AlertID: detector.AlertID(agentTreasury, f.ts(2).UnixNano(), detector.KindNovelAccess), AgentID: agentTreasury, AgentClass: "treasury",
 		WindowStart: f.ts(2), WindowEnd: f.ts(3), DetectedAt: f.ts(2).Add(5 * time.Minute),
 		Score: 96, Severity: detector.SeverityCritical, Kind: detector.KindNovelAccess,
 		Reasons:  []models.Reason{{Feature: "new_targets", Value: 2, Expected: 0.25, Z: 6, Contribution: 1}},
-		Baseline: detector.Baseline{Source: models.SourceAgent, Windows: 500}, CredentialID: "cert-treasury-1",
+		Baseline: detector.Baseline{Source: models.SourceAgent, Windows: 500}, Credentials: []string{"cert-treasury-1"},
 	}
 	signer, err := detector.NewSigner("vigil-test", ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize)))
 	if err != nil {
@@ -165,7 +165,7 @@ func newFixture(t testing.TB) *fixture {
 			RequestID: detector.RequestID(a.AlertID, detector.ActionQuarantine), AlertID: a.AlertID,
 			AgentID: a.AgentID, AgentClass: a.AgentClass, WindowStart: a.WindowStart, WindowEnd: a.WindowEnd,
 			DetectedAt: a.DetectedAt, Score: a.Score, Severity: a.Severity, Kind: a.Kind, Reasons: a.Reasons,
-			Baseline: a.Baseline, CredentialID: a.CredentialID, Action: detector.ActionQuarantine,
+			Baseline: a.Baseline, CredentialID: a.Credentials[0], Action: detector.ActionQuarantine,
 			Mode: mode, Why: why, ExpiresAt: a.DetectedAt.Add(time.Hour),
 		}
 		if err := signer.Sign(rv); err != nil {

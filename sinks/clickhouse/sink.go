@@ -252,7 +252,7 @@ func (s *Sink) insertAlerts(ctx context.Context, topic string, partition int, as
 		det := a.DetectedAt.UTC()
 		if err := batch.Append(a.AlertID, a.AgentID, a.AgentClass, a.WindowStart.UTC(), a.WindowEnd.UTC(),
 			det, uint16(det.Nanosecond()/1e6), a.Score, a.Severity.String(), a.Kind,
-			feat, val, exp, z, contrib, a.Baseline.Source, uint32(max(a.Baseline.Windows, 0)), a.CredentialID,
+			feat, val, exp, z, contrib, a.Baseline.Source, uint32(max(a.Baseline.Windows, 0)), firstOr(a.Credentials),
 			topic, uint32(partition), string(records[i].body)); err != nil {
 			return err
 		}
@@ -314,4 +314,12 @@ func permanent(err error) bool {
 		return permanentCodes[ex.Code]
 	}
 	return errors.Is(err, ch.ErrBatchInvalid) || errors.Is(err, ch.ErrUnsupportedServerRevision)
+}
+
+// firstOr returns the first of s, or "".
+func firstOr(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[0]
 }
