@@ -647,8 +647,8 @@ func (p *Pipeline) alert(c *closing, sev Severity, at int64, early bool) {
 		WindowStart: time.Unix(0, c.v.Start).UTC(), WindowEnd: time.Unix(0, c.v.End).UTC(),
 		DetectedAt: time.Unix(0, at).UTC(),
 		Score:      float64(int(c.res.Score*10+0.5)) / 10, Severity: sev, Kind: kind,
-		Reasons:      append([]models.Reason(nil), p.reasons...),
-		Baseline:     Baseline{Source: c.res.Source, Windows: c.res.Windows},
+		Reasons:  append([]models.Reason(nil), p.reasons...),
+		Baseline: Baseline{Source: c.res.Source, Windows: c.res.Windows},
 	}
 	al.Credentials, al.OtherCredentials = p.alertCreds(c.a, c.v.Index)
 	if p.onAlert != nil {

@@ -33,8 +33,8 @@ func testAlert(agent string, at time.Time, score float64, sev Severity) *Alert {
 		AlertID: AlertID(agent, ws.UnixNano(), KindNovelAccess), AgentID: agent, AgentClass: "payments",
 		WindowStart: ws, WindowEnd: ws.Add(5 * time.Minute), DetectedAt: at,
 		Score: score, Severity: sev, Kind: KindNovelAccess,
-		Reasons:      []models.Reason{{Feature: "new_targets", Value: 12, Expected: 0.1, Z: 9, Contribution: 80}},
-		Baseline:     Baseline{Source: models.SourceAgent, Windows: 500},
+		Reasons:     []models.Reason{{Feature: "new_targets", Value: 12, Expected: 0.1, Z: 9, Contribution: 80}},
+		Baseline:    Baseline{Source: models.SourceAgent, Windows: 500},
 		Credentials: []string{"cert-" + agent},
 	}
 }
