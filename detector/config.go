@@ -21,6 +21,11 @@ type Config struct {
 	// arrive and still join its window. Later events are counted as late.
 	// Must be shorter than the window.
 	AllowedLateness time.Duration `yaml:"allowed_lateness"`
+	// MaxClockSkew is how far ahead of its trusted time (the broker's
+	// timestamp, bounded by the wall clock) an event may be stamped; later
+	// stamps are rejected as "future". Used only where a trusted time is
+	// known (vigil run), not by replay.
+	MaxClockSkew time.Duration `yaml:"max_clock_skew"`
 	// DedupHorizon is how long (event time) an event_id is remembered.
 	DedupHorizon time.Duration `yaml:"dedup_horizon"`
 	// DedupCapacity bounds remembered ids per half-horizon generation.
@@ -66,6 +71,7 @@ type Policy struct {
 func DefaultConfig() Config {
 	return Config{
 		AllowedLateness: time.Minute,
+		MaxClockSkew:    10 * time.Minute,
 		DedupHorizon:    time.Hour,
 		DedupCapacity:   1 << 18,
 		AgentSeenSlots:  128,
@@ -92,6 +98,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.AllowedLateness < 0 || c.AllowedLateness >= c.Model.WindowSize:
 		return &ConfigError{"allowed_lateness", fmt.Sprintf("%v: want ≥ 0 and below the window size %v", c.AllowedLateness, c.Model.WindowSize)}
+	case c.MaxClockSkew < 0:
+		return &ConfigError{"max_clock_skew", "must be ≥ 0"}
 	case c.EvictAfter != 0 && c.EvictAfter < 2*c.Model.WindowSize:
 		return &ConfigError{"evict_after", fmt.Sprintf("%v: want 0 (never) or at least two windows", c.EvictAfter)}
 	case c.DedupHorizon < 0:

@@ -322,7 +322,13 @@ func (w *worker) process(m *kafka.Message) {
 	if ps.next >= 0 && m.Offset < ps.next {
 		return // already processed (cannot happen with a partition reader)
 	}
-	if err := ps.p.Process(m.Value); err != nil {
+	// The trusted time: the broker's timestamp, never past the wall clock
+	// (a producer sets CreateTime; the wall clock is vigil's own).
+	trusted := w.r.now().UnixNano()
+	if !m.Time.IsZero() {
+		trusted = min(trusted, m.Time.UnixNano())
+	}
+	if err := ps.p.ProcessAt(m.Value, trusted); err != nil {
 		reason := rejectReason(err)
 		d := DeadLetter{
 			Topic: m.Topic, Partition: m.Partition, Offset: m.Offset,

@@ -23,6 +23,8 @@ type Stats struct {
 	Events      int64                     // accepted into a window
 	Duplicates  int64                     // dropped as redelivered (same event_id)
 	Late        int64                     // rejected: window already closed
+	Future      int64                     // rejected: stamped ahead of the trusted time (ErrFuture)
+	Ahead       int64                     // windows far ahead of the partition's watermark, scored but not learned (see dropAhead)
 	Invalid     map[features.Reason]int64 // rejected by the decoder, by reason
 	Windows     int64                     // agent windows closed
 	ColdWindows int64                     // closed but not scored (cold start)
@@ -34,7 +36,8 @@ type Stats struct {
 	ReloadErrs  int64                     // evicted agents that could not be reloaded (they start cold)
 	Classes     int                       // peer groups known
 	FirstTS     int64                     // earliest event time seen
-	MaxTS       int64                     // newest event time seen
+	MaxTS       int64                     // newest event time seen (not the watermark: see Watermark)
+	Watermark   int64                     // the quorum's event time: windows up to it less the allowed lateness are closed
 }
 
 // agent is the state of one agent. It is owned by one Pipeline.
@@ -52,6 +55,7 @@ type agent struct {
 	changed bool  // listed in Pipeline.changedAgents
 	persist int32 // consecutive windows at warning or above
 	lastIdx int64 // last window scored
+	clock   int64 // the agent's own event time: its newest event's
 	// Early-decision triggers for the open windows: recheck when crossed.
 	nextN, nextNew, nextBad [2]uint32
 	// order[s] is when window s was scheduled (Pipeline.order): windows that
@@ -100,11 +104,19 @@ type Pipeline struct {
 	dedup   *features.Dedup
 	agents  map[string]*agent
 	classes map[string]*class
-	// Windows are aligned to a global grid, so every open window has index
-	// closed+1 or closed+2; bucket[i%4] lists the agents with window i open.
-	closed    int64
-	bucket    [4][]*agent
-	bucketIdx [4]int64
+	// Windows are aligned to a global grid; buckets[i] lists the agents
+	// with window i open. Every window up to closed is closed. The
+	// watermark is the quorum's clock (clocks), never one agent's.
+	closed      int64
+	buckets     map[int64][]*agent
+	freeBuckets [][]*agent
+	clocks      clocks
+	// The quorum's watermark when it last moved, and the trusted time
+	// then: event time may run ahead of the quorum as fast as trusted time
+	// passes (see trustedWatermark).
+	anchorWM, anchorT int64
+	trusted     int64 // the current event's trusted time (ProcessAt); 0: none
+	skew        int64 // allowed clock skew ahead of the trusted time
 	batch     []closing
 	freeWins  []*[2]features.Window
 	classBuf  []byte
@@ -138,6 +150,8 @@ func NewPipeline(cfg Config, onAlert func(*Alert)) (*Pipeline, error) {
 	}
 	return &Pipeline{
 		cfg: cfg, size: int64(cfg.Model.WindowSize), late: int64(cfg.AllowedLateness), model: m,
+		skew:    int64(cfg.MaxClockSkew),
+		buckets: make(map[int64][]*agent),
 		dedup:   features.NewDedup(int64(cfg.DedupHorizon), cfg.DedupCapacity),
 		agents:  make(map[string]*agent),
 		classes: make(map[string]*class),
@@ -173,6 +187,7 @@ func (p *Pipeline) Stats() Stats {
 		s.Alerts[k] = v
 	}
 	s.Agents, s.Classes = p.NumAgents(), len(p.classes)
+	s.Watermark = p.clocks.watermark()
 	if p.store != nil {
 		s.Evicted = p.store.Len()
 	}
@@ -180,8 +195,8 @@ func (p *Pipeline) Stats() Stats {
 }
 
 // Process handles one encoded event. It returns an error wrapping
-// features.ErrInvalidEvent for input that breaks the contract, or ErrLate;
-// both are counted. Duplicates are counted and return nil.
+// features.ErrInvalidEvent for input that breaks the contract, ErrLate or
+// ErrFuture; all are counted. Duplicates are counted and return nil.
 func (p *Pipeline) Process(raw []byte) error {
 	e := &p.ev
 	if err := p.dec.Decode(raw, e); err != nil {
@@ -189,6 +204,9 @@ func (p *Pipeline) Process(raw []byte) error {
 		if errors.As(err, &fe) {
 			p.stats.Invalid[fe.Reason]++
 		}
+		return err
+	}
+	if err := p.checkFuture(e.TS); err != nil {
 		return err
 	}
 	if p.dedup.Seen(e.EventID, e.TS) {
@@ -201,20 +219,39 @@ func (p *Pipeline) Process(raw []byte) error {
 		p.stats.Late++
 		return ErrLate
 	}
+	a := p.agent(e)
+	s := int(idx & 1)
+	if a.win != nil && a.open[s] && a.win[s].Index > idx && p.ahead(a.win[s].Index) {
+		p.dropAhead(a, s) // one event far ahead of the partition must not blind its agent
+	}
+	if idx <= a.lastIdx || a.win != nil && a.open[s] && a.win[s].Index > idx {
+		// The agent's own clock has moved past this window (it was
+		// decided, or its slot holds a later window).
+		p.stats.Late++
+		return ErrLate
+	}
 	if !p.started {
 		p.started = true
 		p.closed = idx - 1
 		p.stats.FirstTS, p.stats.MaxTS = e.TS, e.TS
 	}
-	if e.TS < p.stats.FirstTS {
-		p.stats.FirstTS = e.TS
+	p.stats.FirstTS = min(p.stats.FirstTS, e.TS)
+	p.stats.MaxTS = max(p.stats.MaxTS, e.TS)
+	if e.TS > a.clock {
+		a.clock = e.TS
+		p.clocks.agents = p.NumAgents()
+		if p.clocks.observe(a.id, e.TS) {
+			p.anchorWM, p.anchorT = p.clocks.watermark(), p.trusted
+			p.advance(p.anchorWM)
+		}
 	}
-	if e.TS > p.stats.MaxTS {
-		p.stats.MaxTS = e.TS
-		p.advance(p.stats.MaxTS)
+	if p.trusted > 0 {
+		p.advance(p.trustedWatermark())
 	}
-	a := p.agent(e)
 	p.touch(a)
+	if a.open[s] && a.win[s].Index != idx { // an older window: the agent's own clock passed it
+		p.closeOne(a, s)
+	}
 	if a.win == nil {
 		if n := len(p.freeWins); n > 0 {
 			a.win, p.freeWins = p.freeWins[n-1], p.freeWins[:n-1]
@@ -222,11 +259,7 @@ func (p *Pipeline) Process(raw []byte) error {
 			a.win = new([2]features.Window)
 		}
 	}
-	s := int(idx & 1)
 	w := &a.win[s]
-	if a.open[s] && w.Index != idx { // defensive: cannot happen while lateness < window
-		p.closeOne(a, s)
-	}
 	if !a.open[s] {
 		p.openWindow(a, s, idx)
 	}
@@ -372,21 +405,17 @@ func (p *Pipeline) arm(a *agent, s int) {
 	}
 }
 
-// schedule lists agent a among those whose window idx closes together. A
-// bucket still holding an older index (possible only after restoring
-// snapshots taken at different times) is closed first.
+// schedule lists agent a among those whose window idx closes together.
 func (p *Pipeline) schedule(a *agent, idx int64) {
-	b := int(idx & 3)
-	if p.bucketIdx[b] != idx {
-		if len(p.bucket[b]) > 0 && p.bucketIdx[b] < idx {
-			p.closeIndex(p.bucketIdx[b])
+	l, ok := p.buckets[idx]
+	if !ok {
+		if n := len(p.freeBuckets); n > 0 {
+			l, p.freeBuckets = p.freeBuckets[n-1], p.freeBuckets[:n-1]
 		}
-		p.bucketIdx[b] = idx
-		p.bucket[b] = p.bucket[b][:0]
 	}
 	a.order[idx&1] = p.order
 	p.order++
-	p.bucket[b] = append(p.bucket[b], a)
+	p.buckets[idx] = append(l, a)
 }
 
 // early rechecks an open window when one of its monotone counters crosses its
@@ -419,7 +448,7 @@ func (p *Pipeline) early(a *agent, s int, ts int64) {
 	if c.res.Score < p.cfg.Policy.CriticalScore {
 		return
 	}
-	p.alert(c, SeverityCritical, ts, true)
+	p.alert(c, SeverityCritical, p.trustedAt(ts), true)
 }
 
 func (p *Pipeline) scratch(n int) *closing {
@@ -430,15 +459,15 @@ func (p *Pipeline) scratch(n int) *closing {
 	return &p.batch[n-1]
 }
 
-// advance closes every window that ends at or before the watermark
-// (newest event time − allowed lateness).
-func (p *Pipeline) advance(maxTS int64) {
-	upTo := features.WindowIndex(maxTS-p.late, p.size) - 1
+// advance closes every window that ends at or before the watermark wm
+// minus the allowed lateness.
+func (p *Pipeline) advance(wm int64) {
+	upTo := features.WindowIndex(wm-p.late, p.size) - 1
 	for p.closed < upTo {
 		// The next window to close is the smallest open one (time may jump).
 		next := upTo
-		for b := range p.bucket {
-			if i := p.bucketIdx[b]; i > p.closed && i < next && len(p.bucket[b]) > 0 {
+		for i := range p.buckets {
+			if i > p.closed && i < next {
 				next = i
 			}
 		}
@@ -453,17 +482,17 @@ func (p *Pipeline) Flush() {
 	if !p.started {
 		return
 	}
-	p.advance(p.stats.MaxTS + p.late + 2*p.size)
+	p.advance(max(p.stats.MaxTS, p.clocks.watermark()) + p.late + 2*p.size)
 }
 
 // closeIndex closes all agents' windows with index idx, as one batch so that
 // each agent can be compared with its peers in the same window.
 func (p *Pipeline) closeIndex(idx int64) {
-	b := int(idx & 3)
-	if p.bucketIdx[b] != idx || len(p.bucket[b]) == 0 {
+	agents, ok := p.buckets[idx]
+	if !ok {
 		return
 	}
-	agents := p.bucket[b]
+	delete(p.buckets, idx)
 	// Agents are decided in the order their windows opened: each one's
 	// learning moves the peer-group baseline the next one is compared with.
 	// Restored agents join the bucket in whatever order they are restored.
@@ -488,7 +517,10 @@ func (p *Pipeline) closeIndex(idx int64) {
 		p.decide(&p.batch[i], idx)
 		p.release(p.batch[i].a)
 	}
-	p.bucket[b] = agents[:0]
+	clear(agents)
+	if len(p.freeBuckets) < 8 {
+		p.freeBuckets = append(p.freeBuckets, agents[:0])
+	}
 }
 
 // maxFreeWins bounds the free list of window pairs (432 bytes each): enough
@@ -612,7 +644,7 @@ func (p *Pipeline) decide(c *closing, idx int64) {
 	a.lastIdx = idx
 	sev := pol.Severity(score, int(a.persist))
 	if sev >= pol.MinSeverity {
-		p.alert(c, sev, max(p.stats.MaxTS, c.v.End), false)
+		p.alert(c, sev, p.trustedAt(max(p.clocks.watermark(), c.v.End)), false)
 	}
 	// A sustained deviation that has signalled (warning or above) starts
 	// anew, whether or not min_severity lets its alert out: what is printed

@@ -25,6 +25,9 @@ func rejectReason(err error) features.Reason {
 	if errors.Is(err, ErrLate) {
 		return ReasonLate
 	}
+	if errors.Is(err, ErrFuture) {
+		return ReasonFuture
+	}
 	var fe *features.FieldError
 	if errors.As(err, &fe) && fe.Reason != "" {
 		return fe.Reason

@@ -221,6 +221,9 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 	}
 	a.class, a.seen, a.base, a.probes, a.origins = c, seen, base, probes, origins
 	a.persist, a.lastIdx = int32(min(persist, math.MaxInt32)), lastIdx
+	if lastIdx >= 0 {
+		a.clock = max(a.clock, lastIdx*p.size) // it had an event in that window
+	}
 	a.open = [2]bool{}
 	for s := range 2 {
 		if open&(1<<s) == 0 {
@@ -252,8 +255,10 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 		}
 		p.stats.FirstTS = min(p.stats.FirstTS, w.First)
 		p.stats.MaxTS = max(p.stats.MaxTS, w.Last)
+		a.clock = max(a.clock, w.Last)
 	}
-	p.advance(p.stats.MaxTS)
+	p.clocks.observe(a.id, a.clock) // quorum size: as checkpointed
+	p.advance(p.clocks.watermark())
 	p.release(a)
 	return nil
 }
@@ -352,7 +357,7 @@ func (p *Pipeline) ClassNames(dst []string) []string {
 // added (TakeDedupChanges).
 const (
 	partitionMagic   = 'P'
-	partitionVersion = 1
+	partitionVersion = 2 // 2 adds the quorum's clocks
 )
 
 // AppendPartitionState appends the snapshot of the pipeline's own state (not
@@ -376,7 +381,14 @@ func (p *Pipeline) AppendPartitionState(dst []byte) []byte {
 	dst = binary.AppendUvarint(dst, p.order)
 	gen, start := p.dedup.Generation()
 	dst = binary.AppendUvarint(dst, gen)
-	return le.AppendUint64(dst, uint64(start))
+	dst = le.AppendUint64(dst, uint64(start))
+	dst = binary.AppendUvarint(dst, uint64(p.clocks.agents))
+	dst = append(dst, byte(p.clocks.n))
+	for _, c := range p.clocks.top[:p.clocks.n] {
+		dst = appendString(dst, c.id)
+		dst = le.AppendUint64(dst, uint64(c.clock))
+	}
+	return dst
 }
 
 // RestorePartitionState loads a snapshot written by AppendPartitionState. Call
@@ -410,9 +422,34 @@ func (p *Pipeline) RestorePartitionState(data []byte) error {
 	}
 	off += n
 	start := int64(le.Uint64(data[off:]))
+	off += 8
+	var ck clocks
+	if data[1] >= 2 {
+		agents, n := binary.Uvarint(data[off:])
+		if n <= 0 || agents > 1<<40 {
+			return fmt.Errorf("%w: partition: truncated clocks", ErrState)
+		}
+		off += n
+		ck.agents = int(agents)
+		if off >= len(data) || int(data[off]) > len(ck.top) {
+			return fmt.Errorf("%w: partition: truncated clocks", ErrState)
+		}
+		ck.n = int(data[off])
+		off++
+		for i := range ck.top[:ck.n] {
+			id, n, err := readString(data[off:])
+			if err != nil || off+n+8 > len(data) {
+				return fmt.Errorf("%w: partition: truncated clocks", ErrState)
+			}
+			off += n
+			ck.top[i] = clockEntry{id: id, clock: int64(le.Uint64(data[off:]))}
+			off += 8
+		}
+	}
 	if err := p.dedup.Restore(gen, start, nil, nil); err != nil {
 		return fmt.Errorf("%w: partition: %v", ErrState, err)
 	}
+	p.clocks = ck
 	p.started, p.closed, p.order = started, closed, order
 	p.stats.FirstTS, p.stats.MaxTS = firstTS, maxTS
 	return nil

@@ -1,0 +1,153 @@
+package detector
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/vigil-sec/vigil/features"
+)
+
+// Event time is the attacker's until checked: every event's timestamp is
+// written by whoever wrote the event. Two rules keep one source's clock from
+// closing other agents' windows:
+//
+//   - The partition's watermark is not the newest event time but the
+//     newest time that at least WatermarkQuorum distinct agents have reached
+//     (the quorum-th largest of the agents' own clocks). One forged event, or
+//     one producer whose clock runs fast, moves only its own agent's clock;
+//     windows close when the quorum's do.
+//   - Where vigil knows a trusted time for an event (the broker's timestamp,
+//     bounded by the wall clock), an event stamped more than MaxClockSkew
+//     ahead of it is rejected (ErrFuture), and alert and request times are
+//     bounded by it.
+
+// ErrFuture is returned by Process for an event stamped further ahead of
+// the trusted time than the allowed clock skew.
+var ErrFuture = errors.New("event time ahead of the trusted time")
+
+// ReasonFuture is the rejection reason of an event stamped in the future.
+const ReasonFuture features.Reason = "future"
+
+// watermarkQuorum is how many distinct agents must have reached an event
+// time before the partition's watermark does.
+const watermarkQuorum = 3
+
+// clockEntry is one of the agents with the newest clocks.
+type clockEntry struct {
+	id    string
+	clock int64
+}
+
+// clocks tracks the quorum agents with the newest clocks: their
+// smallest clock is the watermark.
+type clocks struct {
+	n      int
+	agents int // agents the partition knows (set by the Pipeline)
+	top [watermarkQuorum]clockEntry // newest first
+}
+
+// observe records that agent id's clock reached ts and reports whether the
+// watermark moved.
+func (c *clocks) observe(id string, ts int64) bool {
+	if c.n == len(c.top) && ts <= c.top[c.n-1].clock {
+		return false
+	}
+	old := c.watermark()
+	i := slices.IndexFunc(c.top[:c.n], func(e clockEntry) bool { return e.id == id })
+	switch {
+	case i >= 0:
+		c.top[i].clock = max(c.top[i].clock, ts)
+	case c.n < len(c.top):
+		c.top[c.n] = clockEntry{id: id, clock: ts}
+		c.n++
+	default:
+		c.top[c.n-1] = clockEntry{id: id, clock: ts}
+	}
+	slices.SortFunc(c.top[:c.n], func(a, b clockEntry) int { return cmp.Compare(b.clock, a.clock) })
+	return c.watermark() != old
+}
+
+// watermark is the newest time the quorum of agents has reached: the
+// quorum is watermarkQuorum agents, or half of the agents a small
+// partition knows (a quorum of two would stall whenever one of two agents
+// is quiet).
+func (c *clocks) watermark() int64 {
+	if c.n == 0 {
+		return 0
+	}
+	q := min(c.n, max(1, c.agents/2))
+	return c.top[q-1].clock
+}
+
+// ProcessAt is Process for an event whose trusted time is known: trusted
+// (Unix ns) is the broker's timestamp bounded by the wall clock, 0 when
+// unknown. An event stamped more than MaxClockSkew after it is rejected
+// with ErrFuture; alert times are bounded by it.
+func (p *Pipeline) ProcessAt(raw []byte, trusted int64) error {
+	p.trusted = trusted
+	return p.Process(raw)
+}
+
+// checkFuture rejects an event stamped too far ahead of the trusted time.
+func (p *Pipeline) checkFuture(ts int64) error {
+	if p.trusted <= 0 || ts <= p.trusted+p.skew {
+		return nil
+	}
+	p.stats.Future++
+	return fmt.Errorf("%w: %v ahead of the broker's timestamp, more than the allowed clock skew %v",
+		ErrFuture, time.Duration(ts-p.trusted).Round(time.Second), time.Duration(p.skew))
+}
+
+// trustedWatermark is the watermark where a trusted time is known: the
+// quorum's, or — when fewer than the quorum of agents are active (a quiet
+// night) — the quorum's when it last moved plus the trusted time passed
+// since, never past the newest event time. An attacker can move neither.
+func (p *Pipeline) trustedWatermark() int64 {
+	wm := p.clocks.watermark()
+	if p.anchorT <= 0 || p.trusted <= p.anchorT {
+		return wm
+	}
+	return max(wm, min(p.stats.MaxTS, p.anchorWM+(p.trusted-p.anchorT)))
+}
+
+// trustedAt bounds a time derived from event time (an alert's detected_at)
+// by the trusted time, when there is one.
+func (p *Pipeline) trustedAt(t int64) int64 {
+	if p.trusted > 0 {
+		return min(t, p.trusted+p.skew)
+	}
+	return t
+}
+
+// Watermark is the partition's event-time watermark: the newest time that
+// the quorum of distinct agents has reached (see clocks).
+func (p *Pipeline) Watermark() int64 { return p.clocks.watermark() }
+
+// ahead reports whether window idx lies more than two windows ahead of the
+// partition's watermark: no honest clock runs that far ahead of the
+// quorum's.
+func (p *Pipeline) ahead(idx int64) bool {
+	return idx > features.WindowIndex(p.clocks.watermark(), p.size)+2
+}
+
+// dropAhead closes agent a's window s, which lies far ahead of the
+// partition (see ahead), because the agent's events have come back to the
+// present: the window is scored and alerted on like any other, since
+// events stamped far ahead are themselves suspect, but it teaches the
+// baselines nothing and does not move the agent's decided windows, so the
+// agent's real events keep their windows.
+func (p *Pipeline) dropAhead(a *agent, s int) {
+	p.stats.Ahead++
+	c := p.scratch(1)
+	c.a, c.v = a, a.win[s].Vector(p.size)
+	p.model.Evaluate(&c.v, &a.base, &a.class.base, &c.res)
+	p.model.Finish(&c.res)
+	a.open[s] = false
+	if sev := p.cfg.Policy.Severity(c.res.Score, 1); sev >= p.cfg.Policy.MinSeverity {
+		p.alert(c, sev, p.trustedAt(p.clocks.watermark()), false)
+	}
+	p.release(a)
+}
