@@ -412,7 +412,7 @@ func TestMarkerRoundTripAndGarbage(t *testing.T) {
 	p, _ := NewPipeline(DefaultConfig(), nil)
 	m := checkpointMarker{Term: 1 << 60, Seq: 300, Topic: "agent-events", Partition: 5, Offset: 1 << 40,
 		State: p.AppendPartitionState(nil), Agents: 10000, Classes: 12, DedupGen: 1 << 40, DedupCur: 3, DedupPrev: 70,
-		Policy: (&Revoker{recent: map[string][]int64{"a": {5}}}).AppendBinary(nil)}
+		Policy: (&Revoker{recent: map[string][]critical{"a": {{at: 5}}}}).AppendBinary(nil)}
 	v := m.appendPayload(appendEnvelope(nil, m.Term, m.Seq))
 	// A version 1 marker (before the policy's state was kept) still reads.
 	_, _, p2, _ := parseEnvelope(v)

@@ -107,14 +107,14 @@ func (r *Runtime) newPartState(id int) (*partState, error) {
 	p, err := NewPipeline(r.det, func(a *Alert) {
 		ps.pending.Alerts = append(ps.pending.Alerts, a)
 		r.m.alerts.WithLabelValues(a.Severity.String(), a.Kind).Inc()
-		req, err := rv.Decide(a)
+		reqs, err := rv.Decide(a)
 		if err != nil {
 			// Signing cannot fail with a valid key; say so loudly if it does.
 			r.log.Error("revocation request not signed; alert sent without it", "alert_id", a.AlertID, "err", err)
 			r.m.revocationErrors.Inc()
 			return
 		}
-		if req != nil {
+		for _, req := range reqs {
 			ps.pending.Revocations = append(ps.pending.Revocations, req)
 			r.m.revocations.WithLabelValues(req.Mode, req.Why).Inc()
 		}

@@ -29,34 +29,55 @@ const (
 	ModeDryRun       = "dry_run"
 )
 
+// Why a request has its mode (Revocation.Why), checked in this order under
+// an enforce policy: only a request sent in enforce mode spends the budget.
+const (
+	// WhyPolicy: the configured mode (enforce, or dry_run by policy).
+	WhyPolicy = "policy"
+	// WhyUnverified: dry run, the alert rests on events whose signatures
+	// were not verified (Alert.Verified false, or the agent's earlier
+	// criticals that make it qualify were unverified): anyone who can write
+	// to the events topic could have forged them.
+	WhyUnverified = "unverified"
+	// WhyCold: dry run, the baseline is a peer group's (too little history).
+	WhyCold = "cold"
+	// WhyBudget: dry run, the revocation budget is spent.
+	WhyBudget = "budget"
+)
+
 // Revocation is a request to the policy engine to revoke or quarantine an
 // agent's credential: the alert that caused it (alert contract v1) plus
-// request_id, credential_id, action, mode, expires_at, and an Ed25519
-// signature by vigil's key (kid).
+// request_id, credential_id, evidence_credentials, action, mode, why,
+// expires_at, and an Ed25519 signature by vigil's key (kid).
 //
 // The signature covers the request's JSON encoding without its "signature"
 // member, byte for byte: vigil writes "signature" as the object's last
 // member, so a verifier removes it (`,"signature":"…"` before the final
 // `}`) and checks the rest. See VerifyRevocation.
 type Revocation struct {
-	RequestID    string          `json:"request_id"`
-	AlertID      string          `json:"alert_id"`
-	AgentID      string          `json:"agent_id"`
-	AgentClass   string          `json:"agent_class"`
-	WindowStart  time.Time       `json:"window_start"`
-	WindowEnd    time.Time       `json:"window_end"`
-	DetectedAt   time.Time       `json:"detected_at"`
-	Score        float64         `json:"score"`
-	Severity     Severity        `json:"severity"`
-	Kind         string          `json:"kind"`
-	Reasons      []models.Reason `json:"reasons"`
-	Baseline     Baseline        `json:"baseline"`
-	CredentialID string          `json:"credential_id"`
-	Action       string          `json:"action"`
-	Mode         string          `json:"mode"`
-	// Why is why the mode is what it is: "policy" (the configured mode),
-	// "budget" (dry run: the revocation budget is spent), "cold" (dry run:
-	// the baseline is a peer group's, the agent has too little history).
+	RequestID   string          `json:"request_id"`
+	AlertID     string          `json:"alert_id"`
+	AgentID     string          `json:"agent_id"`
+	AgentClass  string          `json:"agent_class"`
+	WindowStart time.Time       `json:"window_start"`
+	WindowEnd   time.Time       `json:"window_end"`
+	DetectedAt  time.Time       `json:"detected_at"`
+	Score       float64         `json:"score"`
+	Severity    Severity        `json:"severity"`
+	Kind        string          `json:"kind"`
+	Reasons     []models.Reason `json:"reasons"`
+	Baseline    Baseline        `json:"baseline"`
+	// CredentialID is the credential to act on: one the agent established
+	// (Alert.Credentials) and presented in the alert's window.
+	CredentialID string `json:"credential_id"`
+	// EvidenceCredentials are the other credentials presented in the
+	// agent's name in the window (new to it, or another agent's): evidence
+	// for a person, never to be acted on. Omitted when there are none.
+	EvidenceCredentials []string `json:"evidence_credentials,omitempty"`
+	Action              string   `json:"action"`
+	Mode                string   `json:"mode"`
+	// Why is why the mode is what it is: WhyPolicy, WhyUnverified,
+	// WhyCold or WhyBudget.
 	Why       string    `json:"why"`
 	ExpiresAt time.Time `json:"expires_at"`
 	KeyID     string    `json:"kid"`
@@ -65,14 +86,25 @@ type Revocation struct {
 	Body []byte `json:"-"`
 }
 
-// RequestID is the stable id of the revocation request that alert alertID
-// causes with action: redelivered requests deduplicate downstream.
-func RequestID(alertID, action string) string {
-	key := make([]byte, 0, len(alertID)+len(action)+16)
+// RequestID is CredentialRequestID(alertID, "", action): the id a request
+// naming no credential would have (vigil sends none; kept for requests
+// built by hand, e.g. in tests).
+func RequestID(alertID, action string) string { return CredentialRequestID(alertID, "", action) }
+
+// CredentialRequestID is the stable id of the revocation request that alert
+// alertID causes for credential credentialID with action: redelivered
+// requests deduplicate downstream, and an alert's requests for different
+// credentials have different ids.
+func CredentialRequestID(alertID, credentialID, action string) string {
+	key := make([]byte, 0, len(alertID)+len(action)+len(credentialID)+16)
 	key = append(key, "revocation\x00"...)
 	key = append(key, alertID...)
 	key = append(key, 0)
 	key = append(key, action...)
+	if credentialID != "" {
+		key = append(key, 0)
+		key = append(key, credentialID...)
+	}
 	var sum [16]byte
 	h1, h2 := features.Hash64(key, 1), features.Hash64(key, 2)
 	for i := range 8 {
@@ -83,7 +115,9 @@ func RequestID(alertID, action string) string {
 
 // RevocationPolicy decides which alerts become revocation requests. Vigil
 // is a security control that can lock agents out, so the defaults are
-// conservative: disabled, and dry run when enabled.
+// conservative: disabled, and dry run when enabled. Even in enforce mode a
+// request is enforced only when the alert rests on verified events
+// (Alert.Verified); until vigil verifies event signatures, none does.
 type RevocationPolicy struct {
 	// Enabled turns revocation requests on.
 	Enabled bool `yaml:"enabled"`
@@ -99,7 +133,8 @@ type RevocationPolicy struct {
 	Persistence time.Duration `yaml:"persistence"`
 	// TTL is how long a request holds (expires_at = detected_at + TTL);
 	// the policy engine restores access after it unless a person confirms.
-	// An agent gets no new request while its last one holds.
+	// A credential gets no new request while its last one holds (except
+	// an enforced request after a dry run).
 	TTL time.Duration `yaml:"ttl"`
 	// Allowlist names agents that are alerted on but never revoked
 	// (path.Match patterns on agent_id, e.g. "spiffe://bank/agent/core-*").
@@ -148,19 +183,35 @@ func (p RevocationPolicy) Validate() error {
 
 // Revoker applies a RevocationPolicy to one partition's alerts. It is not
 // safe for concurrent use: each partition worker has its own. Its memory
-// is bounded by the agents alerted on within Persistence and the requests
-// within BudgetWindow.
+// is bounded by the agents alerted on within Persistence, the requests
+// within BudgetWindow and the credentials requested within TTL.
 type Revoker struct {
 	pol    RevocationPolicy
 	signer *Signer
-	recent map[string][]int64 // agent → detected_at of its recent critical alerts
-	spent  []spent            // enforced requests within the budget window
-	done   map[string]int64   // agent → expires_at (Unix ns) of its last request
+	recent map[string][]critical // agent → its recent critical alerts
+	spent  []spent               // enforced alerts within the budget window
+	done   map[string]held       // credential → its last request
+}
+
+// critical is one critical alert: when (detected_at, Unix ns), and whether
+// it rested on verified events.
+type critical struct {
+	at       int64
+	verified bool
 }
 
 type spent struct {
 	at    int64
 	class string
+}
+
+// held is a credential's last request: when it expires (Unix ns), and
+// whether it was enforced. A dry run holds back only dry runs: a forged
+// (unverified) alert must not hold back the enforced request a verified
+// one causes.
+type held struct {
+	exp      int64
+	enforced bool
 }
 
 // NewRevoker returns a Revoker; signer may be nil only when the policy is
@@ -172,58 +223,94 @@ func NewRevoker(pol RevocationPolicy, signer *Signer) (*Revoker, error) {
 	if pol.Enabled && signer == nil {
 		return nil, &ConfigError{"revocation.signing_key", "revocation requests are enabled but no signing key is configured"}
 	}
-	return &Revoker{pol: pol, signer: signer, recent: make(map[string][]int64), done: make(map[string]int64)}, nil
+	return &Revoker{pol: pol, signer: signer, recent: make(map[string][]critical), done: make(map[string]held)}, nil
 }
 
-// Decide returns the signed revocation request alert a causes, or nil.
-func (r *Revoker) Decide(a *Alert) (*Revocation, error) {
+// Decide returns the signed revocation requests alert a causes: one for
+// each credential the agent established and presented in the window
+// (a.Credentials) that has no request holding, and none when there is no
+// such credential — a credential new to the agent or another agent's
+// (a.OtherCredentials) is evidence, listed in each request, never a
+// target. The requests' mode is decided once for the alert (see the Why
+// constants); when it is enforce, the alert spends one unit of the budget.
+func (r *Revoker) Decide(a *Alert) ([]*Revocation, error) {
 	if r == nil || !r.pol.Enabled || a.Severity < SeverityCritical || r.allowlisted(a.AgentID) {
 		return nil, nil
 	}
 	at := a.DetectedAt.UnixNano()
 	hist := r.recent[a.AgentID]
 	keep := hist[:0]
-	for _, t := range hist {
-		if at-t < int64(r.pol.Persistence) {
-			keep = append(keep, t)
+	for _, c := range hist {
+		if at-c.at < int64(r.pol.Persistence) {
+			keep = append(keep, c)
 		}
 	}
-	keep = append(keep, at)
+	keep = append(keep, critical{at: at, verified: a.Verified})
 	r.recent[a.AgentID] = keep
 	r.prune(at)
 	if a.Score < r.pol.MinScore && len(keep) < r.pol.MinAlerts {
 		return nil, nil
 	}
-	// One request per agent while its last one holds (TTL): later windows
-	// and other kinds add nothing the policy engine has not been asked
-	// already, and the budget counts agents, not alerts.
-	if exp, ok := r.done[a.AgentID]; ok && at < exp {
-		return nil, nil
+	mode, why := r.mode(a, keep)
+	var out []*Revocation
+	for _, cred := range a.Credentials {
+		if cred == "" || slices.Contains(a.OtherCredentials, cred) {
+			continue
+		}
+		// One request per credential while its last one holds (TTL):
+		// later windows and other kinds add nothing the policy engine has
+		// not been asked already. Keyed by credential, not agent, so a
+		// request that named another credential never holds this one back.
+		if h, ok := r.done[cred]; ok && at < h.exp && (h.enforced || mode != ModeEnforce) {
+			continue
+		}
+		r.done[cred] = held{exp: at + int64(r.pol.TTL), enforced: mode == ModeEnforce}
+		rv := &Revocation{
+			RequestID: CredentialRequestID(a.AlertID, cred, r.pol.Action), AlertID: a.AlertID,
+			AgentID: a.AgentID, AgentClass: a.AgentClass,
+			WindowStart: a.WindowStart.UTC(), WindowEnd: a.WindowEnd.UTC(), DetectedAt: a.DetectedAt.UTC(),
+			Score: a.Score, Severity: a.Severity, Kind: a.Kind, Reasons: a.Reasons, Baseline: a.Baseline,
+			CredentialID: cred, EvidenceCredentials: a.OtherCredentials,
+			Action: r.pol.Action, Mode: mode, Why: why,
+			ExpiresAt: a.DetectedAt.Add(r.pol.TTL).UTC(),
+		}
+		if err := r.signer.Sign(rv); err != nil {
+			return nil, err
+		}
+		out = append(out, rv)
 	}
-	r.done[a.AgentID] = at + int64(r.pol.TTL)
-	mode, why := r.pol.Mode, "policy"
-	if mode == ModeEnforce {
-		switch {
-		case a.Baseline.Source != models.SourceAgent:
-			mode, why = ModeDryRun, "cold"
-		case !r.withinBudget(a.AgentClass):
-			mode, why = ModeDryRun, "budget"
-		default:
-			r.spent = append(r.spent, spent{at: at, class: a.AgentClass})
+	// Only requests actually sent in enforce mode spend the budget, which
+	// counts agents locked out, not credentials.
+	if mode == ModeEnforce && len(out) > 0 {
+		r.spent = append(r.spent, spent{at: at, class: a.AgentClass})
+	}
+	return out, nil
+}
+
+// mode decides the mode of alert a's requests, and why; recent is the
+// agent's critical alerts within Persistence, a included.
+func (r *Revoker) mode(a *Alert, recent []critical) (mode, why string) {
+	if r.pol.Mode != ModeEnforce {
+		return r.pol.Mode, WhyPolicy
+	}
+	verified := 0
+	for _, c := range recent {
+		if c.verified {
+			verified++
 		}
 	}
-	rv := &Revocation{
-		RequestID: RequestID(a.AlertID, r.pol.Action), AlertID: a.AlertID,
-		AgentID: a.AgentID, AgentClass: a.AgentClass,
-		WindowStart: a.WindowStart.UTC(), WindowEnd: a.WindowEnd.UTC(), DetectedAt: a.DetectedAt.UTC(),
-		Score: a.Score, Severity: a.Severity, Kind: a.Kind, Reasons: a.Reasons, Baseline: a.Baseline,
-		CredentialID: firstOr(a.Credentials), Action: r.pol.Action, Mode: mode, Why: why,
-		ExpiresAt: a.DetectedAt.Add(r.pol.TTL).UTC(),
+	switch {
+	// Enforcement rests only on evidence an attacker cannot forge
+	// cheaply: the alert's own events, and the earlier alerts it needs to
+	// qualify below MinScore.
+	case !a.Verified || a.Score < r.pol.MinScore && verified < r.pol.MinAlerts:
+		return ModeDryRun, WhyUnverified
+	case a.Baseline.Source != models.SourceAgent:
+		return ModeDryRun, WhyCold
+	case !r.withinBudget(a.AgentClass):
+		return ModeDryRun, WhyBudget
 	}
-	if err := r.signer.Sign(rv); err != nil {
-		return nil, err
-	}
-	return rv, nil
+	return ModeEnforce, WhyPolicy
 }
 
 func (r *Revoker) allowlisted(agent string) bool {
@@ -256,37 +343,43 @@ func (r *Revoker) prune(now int64) {
 	}
 	r.spent = append(r.spent[:0], r.spent[i:]...)
 	if len(r.recent) >= 1024 {
-		for agent, ts := range r.recent {
-			if len(ts) == 0 || now-ts[len(ts)-1] >= int64(r.pol.Persistence) {
+		for agent, cs := range r.recent {
+			if len(cs) == 0 || now-cs[len(cs)-1].at >= int64(r.pol.Persistence) {
 				delete(r.recent, agent)
 			}
 		}
 	}
 	if len(r.done) >= 1024 {
-		for agent, exp := range r.done {
-			if now >= exp {
-				delete(r.done, agent)
+		for cred, h := range r.done {
+			if now >= h.exp {
+				delete(r.done, cred)
 			}
 		}
 	}
 }
 
+// revokerStateVersion is the version byte of AppendBinary's encoding.
+// Version 1 kept no verified flags and when each agent's last request
+// expired; version 2 keeps flags and each credential's last request.
+const revokerStateVersion = 2
+
 // AppendBinary appends the policy's state (recent critical alerts per agent,
-// spent budget, when each agent's last request expires) to dst, so that a
-// partition's next owner neither re-spends the budget nor forgets an
-// agent's earlier alerts. Version byte 1, then uvarint counts and values.
+// spent budget, when each credential's last request expires) to dst, so
+// that a partition's next owner neither re-spends the budget nor forgets an
+// agent's earlier alerts. Version byte 2, then uvarint counts and values.
 func (r *Revoker) AppendBinary(dst []byte) []byte {
 	if r == nil {
 		return dst
 	}
-	dst = append(dst, 1)
+	dst = append(dst, revokerStateVersion)
 	dst = binary.AppendUvarint(dst, uint64(len(r.recent)))
 	for _, id := range slices.Sorted(maps.Keys(r.recent)) {
-		ts := r.recent[id]
+		cs := r.recent[id]
 		dst = appendString(dst, id)
-		dst = binary.AppendUvarint(dst, uint64(len(ts)))
-		for _, t := range ts {
-			dst = binary.AppendVarint(dst, t)
+		dst = binary.AppendUvarint(dst, uint64(len(cs)))
+		for _, c := range cs {
+			dst = binary.AppendVarint(dst, c.at)
+			dst = appendBool(dst, c.verified)
 		}
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(r.spent)))
@@ -295,22 +388,36 @@ func (r *Revoker) AppendBinary(dst []byte) []byte {
 		dst = appendString(dst, s.class)
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(r.done)))
-	for _, id := range slices.Sorted(maps.Keys(r.done)) {
-		dst = appendString(dst, id)
-		dst = binary.AppendVarint(dst, r.done[id])
+	for _, cred := range slices.Sorted(maps.Keys(r.done)) {
+		h := r.done[cred]
+		dst = appendString(dst, cred)
+		dst = binary.AppendVarint(dst, h.exp)
+		dst = appendBool(dst, h.enforced)
 	}
 	return dst
 }
 
+func appendBool(dst []byte, b bool) []byte {
+	if b {
+		return append(dst, 1)
+	}
+	return append(dst, 0)
+}
+
 // DecodeFrom replaces the policy's state with one AppendBinary wrote. Empty
 // data (a checkpoint from before the state was kept) leaves it empty.
+// Version 1 state (before events could be verified, and keyed by agent)
+// reads with every recent alert unverified and without the agents' last
+// requests: a credential may then get one more request within its TTL
+// after the upgrade.
 func (r *Revoker) DecodeFrom(data []byte) error {
-	r.recent, r.done, r.spent = make(map[string][]int64), make(map[string]int64), nil
+	r.recent, r.done, r.spent = make(map[string][]critical), make(map[string]held), nil
 	if len(data) == 0 {
 		return nil
 	}
-	if data[0] != 1 {
-		return fmt.Errorf("%w: revocation policy state version %d", ErrState, data[0])
+	ver := data[0]
+	if ver != 1 && ver != revokerStateVersion {
+		return fmt.Errorf("%w: revocation policy state version %d", ErrState, ver)
 	}
 	off := 1
 	bad := fmt.Errorf("%w: revocation policy state truncated", ErrState)
@@ -338,6 +445,16 @@ func (r *Revoker) DecodeFrom(data []byte) error {
 		off += n
 		return s, true
 	}
+	flag := func() (bool, bool) {
+		if ver == 1 {
+			return false, true
+		}
+		if off >= len(data) || data[off] > 1 {
+			return false, false
+		}
+		off++
+		return data[off-1] == 1, true
+	}
 	n, ok := uv()
 	if !ok {
 		return bad
@@ -348,15 +465,16 @@ func (r *Revoker) DecodeFrom(data []byte) error {
 		if !ok || !ok2 {
 			return bad
 		}
-		ts := make([]int64, 0, k)
+		cs := make([]critical, 0, k)
 		for range k {
 			t, ok := iv()
-			if !ok {
+			v, ok2 := flag()
+			if !ok || !ok2 {
 				return bad
 			}
-			ts = append(ts, t)
+			cs = append(cs, critical{at: t, verified: v})
 		}
-		r.recent[id] = ts
+		r.recent[id] = cs
 	}
 	if n, ok = uv(); !ok {
 		return bad
@@ -374,11 +492,14 @@ func (r *Revoker) DecodeFrom(data []byte) error {
 	}
 	for range n {
 		id, ok := str()
-		ws, ok2 := iv()
-		if !ok || !ok2 {
+		exp, ok2 := iv()
+		enf, ok3 := flag()
+		if !ok || !ok2 || !ok3 {
 			return bad
 		}
-		r.done[id] = ws
+		if ver != 1 {
+			r.done[id] = held{exp: exp, enforced: enf}
+		}
 	}
 	if off != len(data) {
 		return fmt.Errorf("%w: revocation policy state: %d bytes left over", ErrState, len(data)-off)
@@ -507,11 +628,4 @@ func LoadPublicKey(file string) (ed25519.PublicKey, error) {
 		return nil, fmt.Errorf("%s: not an Ed25519 key", file)
 	}
 	return ek, nil
-}
-
-func firstOr(s []string) string {
-	if len(s) == 0 {
-		return ""
-	}
-	return s[0]
 }

@@ -249,7 +249,7 @@ func newRuntimeMetrics(reg prometheus.Registerer) *runtimeMetrics {
 			Name: "vigil_detector_alerts_total", Help: "Alerts produced, by severity and kind.",
 		}, []string{"severity", "kind"}),
 		revocations: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "vigil_detector_revocations_total", Help: "Revocation requests produced, by mode (enforce, dry_run) and why that mode (policy, budget, cold).",
+			Name: "vigil_detector_revocations_total", Help: "Revocation requests produced, by mode (enforce, dry_run) and why that mode (policy, unverified, cold, budget).",
 		}, []string{"mode", "why"}),
 		revocationErrors: f.NewCounter(prometheus.CounterOpts{
 			Name: "vigil_detector_revocation_errors_total", Help: "Revocation requests that could not be signed (the alert is still sent).",

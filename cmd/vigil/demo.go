@@ -181,9 +181,10 @@ func demo(ctx context.Context, o demoOptions, out, viewOut io.Writer, tty bool) 
 	addr := cluster.ListenAddrs()[0]
 
 	det := detector.DefaultConfig()
-	// Revocation requests under the enforce policy (budget, cold baselines),
-	// signed with a key made for the demo; they go to no policy engine, only
-	// to the summary (and ClickHouse when attached): what vigil would ask.
+	// Revocation requests under the enforce policy (budget, cold baselines;
+	// dry run while events are unverified, which the log says), signed with
+	// a key made for the demo; they go to no policy engine, only to the
+	// summary (and ClickHouse when attached): what vigil would ask.
 	det.Revocation.Enabled, det.Revocation.Mode = true, detector.ModeEnforce
 	_, key, err := ed25519.GenerateKey(nil)
 	if err != nil {
@@ -196,6 +197,7 @@ func demo(ctx context.Context, o demoOptions, out, viewOut io.Writer, tty bool) 
 	kc := demoRuntimeConfig(addr)
 	v := newDemoView(o, det.Model.WindowSize, tty, viewOut)
 	log := slog.New(slog.NewTextHandler(v.logWriter(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	warnUnverifiedEnforce(log, det.Revocation)
 
 	pr, truthCh, genDone := generateFleet(o.sim)
 
@@ -1019,8 +1021,8 @@ func (v *demoView) summary(w io.Writer, s demoSummary) {
 				onIncident++
 			}
 		}
-		fmt.Fprintf(bw, "revocations   %d signed requests (sent to no policy engine): %d on injected incidents, %d on false alarms; %d enforce, %d dry run (cold baseline), %d dry run (budget spent)\n",
-			n, onIncident, n-onIncident, why["policy"], why["cold"], why["budget"])
+		fmt.Fprintf(bw, "revocations   %d signed requests (sent to no policy engine): %d on injected incidents, %d on false alarms; %d enforce, %d dry run (events unverified), %d dry run (cold baseline), %d dry run (budget spent)\n",
+			n, onIncident, n-onIncident, why[detector.WhyPolicy], why[detector.WhyUnverified], why[detector.WhyCold], why[detector.WhyBudget])
 	} else {
 		fmt.Fprintf(bw, "revocations   none (no alert met the revocation policy)\n")
 	}

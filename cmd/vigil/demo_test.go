@@ -35,6 +35,10 @@ func TestDemo(t *testing.T) {
 			t.Errorf("summary lacks %q", want)
 		}
 	}
+	// The demo's enforce policy runs as dry run: events are unverified.
+	if !strings.Contains(view, "enforce runs as dry run") || strings.Contains(sum, "revocations   ") && !strings.Contains(sum, "; 0 enforce,") {
+		t.Errorf("the demo enforced on unverified events, or did not say it would not:\n%s%s", view, sum)
+	}
 	// The view is not a terminal here: plain lines, no escape codes.
 	if strings.Contains(view, "\x1b[") {
 		t.Errorf("plain view has escape codes:\n%q", view)

@@ -346,8 +346,9 @@ func gkEvents(t *testing.T) []kafka.Message {
 
 // gkConfig writes the configuration of a member of group: short session,
 // frequent checkpoints, windows closed by event time only, a revocation
-// request for every critical alert (enforced, or dry run when the agent's
-// baseline is cold), outputs to topics named after the group.
+// request for every critical alert (enforce policy, which runs as dry run
+// while events are unverified: see forged_test.go), outputs to topics
+// named after the group.
 //
 // The budget is small and spans the whole fleet's run, and an agent needs
 // two critical alerts below min_score: a partition's revocation policy

@@ -121,7 +121,7 @@ func runVerifyRevocation(_ context.Context, args []string, stdin io.Reader, stdo
 			fmt.Fprintf(stdout, "line %d: FAIL: %v\n", i+1, err)
 			continue
 		}
-		fmt.Fprintf(stdout, "line %d: ok: request %s %s %s agent %s (kid %s)\n", i+1, rv.RequestID, rv.Action, rv.Mode, rv.AgentID, rv.KeyID)
+		fmt.Fprintf(stdout, "line %d: ok: request %s %s %s agent %s credential %s (kid %s)\n", i+1, rv.RequestID, rv.Action, rv.Mode, rv.AgentID, rv.CredentialID, rv.KeyID)
 	}
 	switch {
 	case n == 0:

@@ -38,26 +38,36 @@ func TestKeygenAndVerifyRevocation(t *testing.T) {
 		t.Fatal(err)
 	}
 	at := time.Date(2026, 3, 2, 10, 1, 0, 0, time.UTC)
-	rv, err := r.Decide(&detector.Alert{
+	rvs, err := r.Decide(&detector.Alert{
 		AlertID: "a1", AgentID: "spiffe://bank.example/agent/x", AgentClass: "payments",
 		WindowStart: at.Truncate(5 * time.Minute), WindowEnd: at.Truncate(5 * time.Minute).Add(5 * time.Minute), DetectedAt: at,
 		Score: 99, Severity: detector.SeverityCritical, Kind: detector.KindVolume,
-		Baseline: detector.Baseline{Source: models.SourceAgent, Windows: 100},
+		Baseline:    detector.Baseline{Source: models.SourceAgent, Windows: 100},
+		Credentials: []string{"cert-x"}, OtherCredentials: []string{"decoy"},
 	})
-	if err != nil || rv == nil {
-		t.Fatalf("no request: %v", err)
+	if err != nil || len(rvs) != 1 {
+		t.Fatalf("%d requests, want 1: %v", len(rvs), err)
 	}
+	rv := rvs[0]
 	good := string(rv.Body) + "\n"
 	out.Reset()
 	errb.Reset()
-	if rc := run([]string{"verify-revocation", "--pub", "k1=" + pub}, strings.NewReader(good), &out, &errb); rc != 0 || !strings.Contains(out.String(), "ok: request "+rv.RequestID) {
+	if rc := run([]string{"verify-revocation", "--pub", "k1=" + pub}, strings.NewReader(good), &out, &errb); rc != 0 ||
+		!strings.Contains(out.String(), "ok: request "+rv.RequestID) || !strings.Contains(out.String(), "credential cert-x ") {
 		t.Errorf("verify: rc %d\n%s%s", rc, out.String(), errb.String())
 	}
-	bad := strings.Replace(good, `"mode":"dry_run"`, `"mode":"enforce"`, 1)
-	out.Reset()
-	if rc := run([]string{"verify-revocation", "--pub", "k1=" + pub, "-"}, strings.NewReader(good+bad), &out, &errb); rc != 1 ||
-		!strings.Contains(out.String(), "line 2: FAIL") || !strings.Contains(out.String(), "line 1: ok") {
-		t.Errorf("tampered: rc %d\n%s", rc, out.String())
+	for _, bad := range []string{
+		strings.Replace(good, `"mode":"dry_run"`, `"mode":"enforce"`, 1),
+		strings.Replace(good, `"evidence_credentials":["decoy"]`, `"evidence_credentials":["cert-x"]`, 1),
+	} {
+		if bad == good {
+			t.Fatalf("tamper did not change %s", good)
+		}
+		out.Reset()
+		if rc := run([]string{"verify-revocation", "--pub", "k1=" + pub, "-"}, strings.NewReader(good+bad), &out, &errb); rc != 1 ||
+			!strings.Contains(out.String(), "line 2: FAIL") || !strings.Contains(out.String(), "line 1: ok") {
+			t.Errorf("tampered: rc %d\n%s", rc, out.String())
+		}
 	}
 	if rc := run([]string{"verify-revocation", "--pub", "other=" + pub}, strings.NewReader(good), &out, &errb); rc != 1 {
 		t.Error("unknown kid accepted")

@@ -146,6 +146,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		srvDone <- err
 	}()
 	log.Info("vigil run", "version", version, "web", "http://"+ln.Addr().String(), "brokers", kc.Brokers, "topic", kc.Topic, "group", kc.Group)
+	warnUnverifiedEnforce(log, cfg.Detector.Revocation)
 
 	// The sinks' background loops (Alertmanager re-sends) outlive the
 	// runtime, which writes its last outputs as it stops.
@@ -188,6 +189,19 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	log.Info("stopped: output written and offsets committed")
 	return nil
+}
+
+// warnUnverifiedEnforce says at start-up that an enforce revocation policy
+// runs as dry run. Enforcement rests only on verified events
+// (detector.Alert.Verified), and vigil does not verify event signatures
+// yet: anyone who can write to the events topic could forge the alerts.
+// Once verification is configurable, this warning depends on it.
+func warnUnverifiedEnforce(log *slog.Logger, pol detector.RevocationPolicy) {
+	if !pol.Enabled || pol.Mode != detector.ModeEnforce {
+		return
+	}
+	log.Warn("detector.revocation.mode is enforce, but events are unverified (vigil does not verify event signatures yet): enforce runs as dry run, every revocation request is sent with mode dry_run and why unverified",
+		"field", "detector.revocation.mode", "why", detector.WhyUnverified)
 }
 
 // lockedWriter serialises writes from several goroutines.
