@@ -45,8 +45,8 @@ type clockEntry struct {
 // smallest clock is the watermark.
 type clocks struct {
 	n      int
-	agents int // agents the partition knows (set by the Pipeline)
-	top [watermarkQuorum]clockEntry // newest first
+	agents int                         // agents the partition knows (set by the Pipeline)
+	top    [watermarkQuorum]clockEntry // newest first
 }
 
 // observe records that agent id's clock reached ts and reports whether the

@@ -115,17 +115,17 @@ type Pipeline struct {
 	// then: event time may run ahead of the quorum as fast as trusted time
 	// passes (see trustedWatermark).
 	anchorWM, anchorT int64
-	trusted     int64 // the current event's trusted time (ProcessAt); 0: none
-	skew        int64 // allowed clock skew ahead of the trusted time
-	batch     []closing
-	freeWins  []*[2]features.Window
-	classBuf  []byte
-	reasons   []models.Reason
-	stats     Stats
-	onAlert   func(*Alert)
-	onWindow  func(*WindowScore)
-	started   bool
-	order     uint64 // windows scheduled so far (agent.order)
+	trusted           int64 // the current event's trusted time (ProcessAt); 0: none
+	skew              int64 // allowed clock skew ahead of the trusted time
+	batch             []closing
+	freeWins          []*[2]features.Window
+	classBuf          []byte
+	reasons           []models.Reason
+	stats             Stats
+	onAlert           func(*Alert)
+	onWindow          func(*WindowScore)
+	started           bool
+	order             uint64 // windows scheduled so far (agent.order)
 	// Change tracking for checkpoints (TrackChanges): the agents and peer
 	// groups changed since the last TakeChanges, and whether the pipeline's
 	// own state (watermark, duplicate filter) changed.
