@@ -2,6 +2,7 @@ package detector
 
 import (
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -15,10 +16,12 @@ import (
 // closing other agents' windows:
 //
 //   - The partition's watermark is not the newest event time but the
-//     newest time that at least WatermarkQuorum distinct agents have reached
-//     (the quorum-th largest of the agents' own clocks). One forged event, or
-//     one producer whose clock runs fast, moves only its own agent's clock;
-//     windows close when the quorum's do.
+//     newest time that a quorum of distinct agents has reached (the
+//     quorum-th largest of the agents' own clocks), and once the partition
+//     knows enough agents with an hour of history, only theirs count: a
+//     made-up identity has no say. One forged event, forged events in
+//     made-up names, or one producer whose clock runs fast, move only
+//     their own agents' clocks; windows close when the quorum's do.
 //   - Where vigil knows a trusted time for an event (the broker's timestamp,
 //     bounded by the wall clock), an event stamped more than MaxClockSkew
 //     ahead of it is rejected (ErrFuture), and alert and request times are
@@ -106,7 +109,7 @@ func (p *Pipeline) checkFuture(ts int64) error {
 // night) — the quorum's when it last moved plus the trusted time passed
 // since, never past the newest event time. An attacker can move neither.
 func (p *Pipeline) trustedWatermark() int64 {
-	wm := p.clocks.watermark()
+	wm := p.watermark()
 	if p.anchorT <= 0 || p.trusted <= p.anchorT {
 		return wm
 	}
@@ -124,13 +127,22 @@ func (p *Pipeline) trustedAt(t int64) int64 {
 
 // Watermark is the partition's event-time watermark: the newest time that
 // the quorum of distinct agents has reached (see clocks).
-func (p *Pipeline) Watermark() int64 { return p.clocks.watermark() }
+func (p *Pipeline) Watermark() int64 { return p.watermark() }
+
+// watermark is the warm agents' quorum clock once the partition knows
+// twice the quorum of warm agents, else every agent's.
+func (p *Pipeline) watermark() int64 {
+	if p.warm.agents >= 2*watermarkQuorum && p.warm.n > 0 {
+		return p.warm.watermark()
+	}
+	return p.clocks.watermark()
+}
 
 // ahead reports whether window idx lies more than two windows ahead of the
 // partition's watermark: no honest clock runs that far ahead of the
 // quorum's.
 func (p *Pipeline) ahead(idx int64) bool {
-	return idx > features.WindowIndex(p.clocks.watermark(), p.size)+2
+	return idx > features.WindowIndex(p.watermark(), p.size)+2
 }
 
 // dropAhead closes agent a's window s, which lies far ahead of the
@@ -147,7 +159,39 @@ func (p *Pipeline) dropAhead(a *agent, s int) {
 	p.model.Finish(&c.res)
 	a.open[s] = false
 	if sev := p.cfg.Policy.Severity(c.res.Score, 1); sev >= p.cfg.Policy.MinSeverity {
-		p.alert(c, sev, p.trustedAt(p.clocks.watermark()), false)
+		p.alert(c, sev, p.trustedAt(p.watermark()), false)
 	}
 	p.release(a)
+}
+
+// appendBinary appends the tracker's state.
+func (c *clocks) appendBinary(dst []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(c.agents))
+	dst = append(dst, byte(c.n))
+	for _, e := range c.top[:c.n] {
+		dst = appendString(dst, e.id)
+		dst = binary.LittleEndian.AppendUint64(dst, uint64(e.clock))
+	}
+	return dst
+}
+
+// decode reads what appendBinary wrote and returns the bytes it used.
+func (c *clocks) decode(data []byte) (int, error) {
+	bad := fmt.Errorf("%w: partition: truncated clocks", ErrState)
+	agents, off := binary.Uvarint(data)
+	if off <= 0 || agents > 1<<40 || off >= len(data) || int(data[off]) > len(c.top) {
+		return 0, bad
+	}
+	*c = clocks{agents: int(agents), n: int(data[off])}
+	off++
+	for i := range c.top[:c.n] {
+		id, n, err := readString(data[off:])
+		if err != nil || off+n+8 > len(data) {
+			return 0, bad
+		}
+		off += n
+		c.top[i] = clockEntry{id: id, clock: int64(binary.LittleEndian.Uint64(data[off:]))}
+		off += 8
+	}
+	return off, nil
 }

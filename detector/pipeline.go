@@ -110,7 +110,8 @@ type Pipeline struct {
 	closed      int64
 	buckets     map[int64][]*agent
 	freeBuckets [][]*agent
-	clocks      clocks
+	clocks      clocks // every agent's
+	warm        clocks // agents with an hour of history (WarmWindows): see watermark
 	// The quorum's watermark when it last moved, and the trusted time
 	// then: event time may run ahead of the quorum as fast as trusted time
 	// passes (see trustedWatermark).
@@ -187,7 +188,7 @@ func (p *Pipeline) Stats() Stats {
 		s.Alerts[k] = v
 	}
 	s.Agents, s.Classes = p.NumAgents(), len(p.classes)
-	s.Watermark = p.clocks.watermark()
+	s.Watermark = p.watermark()
 	if p.store != nil {
 		s.Evicted = p.store.Len()
 	}
@@ -240,8 +241,12 @@ func (p *Pipeline) Process(raw []byte) error {
 	if e.TS > a.clock {
 		a.clock = e.TS
 		p.clocks.agents = p.NumAgents()
-		if p.clocks.observe(a.id, e.TS) {
-			p.anchorWM, p.anchorT = p.clocks.watermark(), p.trusted
+		moved := p.clocks.observe(a.id, e.TS)
+		if int(a.base.Windows) >= p.cfg.Model.WarmWindows && p.warm.observe(a.id, e.TS) {
+			moved = true
+		}
+		if moved {
+			p.anchorWM, p.anchorT = p.watermark(), p.trusted
 			p.advance(p.anchorWM)
 		}
 	}
@@ -482,7 +487,7 @@ func (p *Pipeline) Flush() {
 	if !p.started {
 		return
 	}
-	p.advance(max(p.stats.MaxTS, p.clocks.watermark()) + p.late + 2*p.size)
+	p.advance(max(p.stats.MaxTS, p.watermark()) + p.late + 2*p.size)
 }
 
 // closeIndex closes all agents' windows with index idx, as one batch so that
@@ -644,7 +649,7 @@ func (p *Pipeline) decide(c *closing, idx int64) {
 	a.lastIdx = idx
 	sev := pol.Severity(score, int(a.persist))
 	if sev >= pol.MinSeverity {
-		p.alert(c, sev, p.trustedAt(max(p.clocks.watermark(), c.v.End)), false)
+		p.alert(c, sev, p.trustedAt(max(p.watermark(), c.v.End)), false)
 	}
 	// A sustained deviation that has signalled (warning or above) starts
 	// anew, whether or not min_severity lets its alert out: what is printed
@@ -656,7 +661,11 @@ func (p *Pipeline) decide(c *closing, idx int64) {
 		p.onWindow(&WindowScore{AgentID: a.id, AgentClass: a.class.name, Vector: &c.v, Result: &c.res, Severity: sev})
 	}
 	w := max(p.model.LearnWeight(score), p.model.Accept(&a.base, idx, score))
+	cold := int(a.base.Windows) < p.cfg.Model.WarmWindows
 	p.model.Learn(&c.v, &c.res, &a.base, &a.class.base, w)
+	if cold && int(a.base.Windows) >= p.cfg.Model.WarmWindows {
+		p.warm.agents++ // the agent's clock counts towards the watermark from now on
+	}
 }
 
 // alert emits one alert for c unless one of the same kind was already emitted

@@ -257,8 +257,11 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 		p.stats.MaxTS = max(p.stats.MaxTS, w.Last)
 		a.clock = max(a.clock, w.Last)
 	}
-	p.clocks.observe(a.id, a.clock) // quorum size: as checkpointed
-	p.advance(p.clocks.watermark())
+	p.clocks.observe(a.id, a.clock) // quorum sizes: as checkpointed
+	if int(a.base.Windows) >= p.cfg.Model.WarmWindows {
+		p.warm.observe(a.id, a.clock)
+	}
+	p.advance(p.watermark())
 	p.release(a)
 	return nil
 }
@@ -382,12 +385,8 @@ func (p *Pipeline) AppendPartitionState(dst []byte) []byte {
 	gen, start := p.dedup.Generation()
 	dst = binary.AppendUvarint(dst, gen)
 	dst = le.AppendUint64(dst, uint64(start))
-	dst = binary.AppendUvarint(dst, uint64(p.clocks.agents))
-	dst = append(dst, byte(p.clocks.n))
-	for _, c := range p.clocks.top[:p.clocks.n] {
-		dst = appendString(dst, c.id)
-		dst = le.AppendUint64(dst, uint64(c.clock))
-	}
+	dst = p.clocks.appendBinary(dst)
+	dst = p.warm.appendBinary(dst)
 	return dst
 }
 
@@ -423,33 +422,21 @@ func (p *Pipeline) RestorePartitionState(data []byte) error {
 	off += n
 	start := int64(le.Uint64(data[off:]))
 	off += 8
-	var ck clocks
+	var ck, warm clocks
 	if data[1] >= 2 {
-		agents, n := binary.Uvarint(data[off:])
-		if n <= 0 || agents > 1<<40 {
-			return fmt.Errorf("%w: partition: truncated clocks", ErrState)
+		n, err := ck.decode(data[off:])
+		if err != nil {
+			return err
 		}
 		off += n
-		ck.agents = int(agents)
-		if off >= len(data) || int(data[off]) > len(ck.top) {
-			return fmt.Errorf("%w: partition: truncated clocks", ErrState)
-		}
-		ck.n = int(data[off])
-		off++
-		for i := range ck.top[:ck.n] {
-			id, n, err := readString(data[off:])
-			if err != nil || off+n+8 > len(data) {
-				return fmt.Errorf("%w: partition: truncated clocks", ErrState)
-			}
-			off += n
-			ck.top[i] = clockEntry{id: id, clock: int64(le.Uint64(data[off:]))}
-			off += 8
+		if _, err := warm.decode(data[off:]); err != nil {
+			return err
 		}
 	}
 	if err := p.dedup.Restore(gen, start, nil, nil); err != nil {
 		return fmt.Errorf("%w: partition: %v", ErrState, err)
 	}
-	p.clocks = ck
+	p.clocks, p.warm = ck, warm
 	p.started, p.closed, p.order = started, closed, order
 	p.stats.FirstTS, p.stats.MaxTS = firstTS, maxTS
 	return nil
