@@ -94,6 +94,23 @@ func (p *Pipeline) ProcessAt(raw []byte, trusted int64) error {
 	return p.Process(raw)
 }
 
+// ProcessMessage is ProcessAt for a Kafka message: its key must be the
+// event's agent_id (else ErrKeyMismatch): an agent's events produced under
+// another key would land on other partitions and split its baseline.
+func (p *Pipeline) ProcessMessage(raw, key []byte, trusted int64) error {
+	p.trusted, p.key, p.checkKey = trusted, key, true
+	err := p.Process(raw)
+	p.key, p.checkKey = nil, false
+	return err
+}
+
+// ErrKeyMismatch is returned by ProcessMessage for a message whose Kafka
+// key is not its event's agent_id.
+var ErrKeyMismatch = errors.New("Kafka key is not the event's agent_id")
+
+// ReasonKeyMismatch is the rejection reason of ErrKeyMismatch.
+const ReasonKeyMismatch features.Reason = "key_mismatch"
+
 // checkFuture rejects an event stamped too far ahead of the trusted time.
 func (p *Pipeline) checkFuture(ts int64) error {
 	if p.trusted <= 0 || ts <= p.trusted+p.skew {

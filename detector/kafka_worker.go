@@ -328,7 +328,7 @@ func (w *worker) process(m *kafka.Message) {
 	if !m.Time.IsZero() {
 		trusted = min(trusted, m.Time.UnixNano())
 	}
-	if err := ps.p.ProcessAt(m.Value, trusted); err != nil {
+	if err := ps.p.ProcessMessage(m.Value, m.Key, trusted); err != nil {
 		reason := rejectReason(err)
 		d := DeadLetter{
 			Topic: m.Topic, Partition: m.Partition, Offset: m.Offset,

@@ -1,6 +1,7 @@
 package detector
 
 import (
+	"bytes"
 	"cmp"
 	"errors"
 	"slices"
@@ -24,6 +25,7 @@ type Stats struct {
 	Duplicates  int64                     // dropped as redelivered (same event_id)
 	Late        int64                     // rejected: window already closed
 	Future      int64                     // rejected: stamped ahead of the trusted time (ErrFuture)
+	KeyMismatch int64                     // rejected: Kafka key is not the agent_id (ErrKeyMismatch)
 	Ahead       int64                     // windows far ahead of the partition's watermark, scored but not learned (see dropAhead)
 	Invalid     map[features.Reason]int64 // rejected by the decoder, by reason
 	Windows     int64                     // agent windows closed
@@ -116,8 +118,10 @@ type Pipeline struct {
 	// then: event time may run ahead of the quorum as fast as trusted time
 	// passes (see trustedWatermark).
 	anchorWM, anchorT int64
-	trusted           int64 // the current event's trusted time (ProcessAt); 0: none
-	skew              int64 // allowed clock skew ahead of the trusted time
+	trusted           int64  // the current event's trusted time (ProcessAt); 0: none
+	skew              int64  // allowed clock skew ahead of the trusted time
+	key               []byte // the current message's Kafka key (ProcessMessage)
+	checkKey          bool
 	batch             []closing
 	freeWins          []*[2]features.Window
 	classBuf          []byte
@@ -209,6 +213,10 @@ func (p *Pipeline) Process(raw []byte) error {
 	}
 	if err := p.checkFuture(e.TS); err != nil {
 		return err
+	}
+	if p.checkKey && !bytes.Equal(p.key, e.AgentID) {
+		p.stats.KeyMismatch++
+		return ErrKeyMismatch
 	}
 	if p.dedup.Seen(e.EventID, e.TS) {
 		p.stats.Duplicates++

@@ -28,6 +28,9 @@ func rejectReason(err error) features.Reason {
 	if errors.Is(err, ErrFuture) {
 		return ReasonFuture
 	}
+	if errors.Is(err, ErrKeyMismatch) {
+		return ReasonKeyMismatch
+	}
 	var fe *features.FieldError
 	if errors.As(err, &fe) && fe.Reason != "" {
 		return fe.Reason

@@ -53,7 +53,9 @@ func etForge(t *testing.T, m kafka.Message, d time.Duration, agent, tag string) 
 // real events behind it were dead-lettered as late (thousands); the 2199
 // event blinded its partition for good. Now: no event is late, the 2199
 // event is a dead letter "future" (ahead of the broker's timestamp), and
-// every incident the fleet's agents commit is still alerted.
+// every incident the fleet's agents commit is still alerted. Events
+// produced under a Kafka key other than their agent_id are dead letters
+// "key_mismatch".
 func TestRunForgedTimestampsBlindNothing(t *testing.T) {
 	if testing.Short() {
 		t.Skip("streams a simulated fleet through vigil run")
@@ -71,7 +73,7 @@ func TestRunForgedTimestampsBlindNothing(t *testing.T) {
 		}
 	}
 	var out []kafka.Message
-	forged := 0
+	forged, rekeyed := 0, 0
 	for i, m := range msgs {
 		// (From the two-thousandth message: while a partition knows
 		// only two or three agents, its quorum is one of them.)
@@ -89,6 +91,13 @@ func TestRunForgedTimestampsBlindNothing(t *testing.T) {
 		case i == len(msgs)/2:
 			out = append(out, etForge(t, m, 100*365*24*time.Hour, "spiffe://bank.example/agent/ghost-2126", "forged-2126-"))
 			forged++
+		case i%1000 == 500:
+			// The agent's events under another key (issue 17 item 4): they
+			// would land on another partition and split its baseline.
+			re := etForge(t, m, 0, "", fmt.Sprintf("rekeyed-%d-", i))
+			re.Key = []byte("spiffe://bank.example/agent/someone-else")
+			out = append(out, re)
+			rekeyed++
 		case i%250 == 0 && i > 2000:
 			out = append(out, etForge(t, m, 4*time.Minute, fmt.Sprintf("spiffe://bank.example/agent/ghost-%d", i%5), fmt.Sprintf("forged-%d-", i)))
 			forged++
@@ -116,6 +125,9 @@ func TestRunForgedTimestampsBlindNothing(t *testing.T) {
 	t.Logf("%d events, %d forged; dead letters: %v late, %v future", len(out), forged, late, future)
 	if late != 0 {
 		t.Errorf("%v events dead-lettered as late: forged or skewed clocks closed other agents' windows", late)
+	}
+	if n := metricSum(metrics, `vigil_consumer_dead_letters_total{reason="key_mismatch"}`); n != float64(rekeyed) {
+		t.Errorf("%v events dead-lettered as key_mismatch, want %d", n, rekeyed)
 	}
 	if future != 1 {
 		t.Errorf("%v events dead-lettered as future, want 1 (the one stamped a century ahead)", future)
