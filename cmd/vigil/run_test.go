@@ -146,7 +146,7 @@ func TestRunConsumesAndExitsCleanlyOnSIGTERM(t *testing.T) {
 	defer tr.CloseIdleConnections()
 	var msgs []kafka.Message
 	for i := range 40 {
-		msgs = append(msgs, kafka.Message{Key: []byte(fmt.Sprintf("a%d", i%4)), Value: []byte(fmt.Sprintf(
+		msgs = append(msgs, kafka.Message{Key: []byte(fmt.Sprintf("spiffe://bank.example/agent/a%d", i%4)), Value: []byte(fmt.Sprintf(
 			`{"event_id":"e%d","ts":"2026-03-02T10:%02d:00Z","agent_id":"spiffe://bank.example/agent/a%d","target_id":"svc","action":"get","decision":"allow"}`, i, i, i%4))})
 	}
 	msgs = append(msgs, kafka.Message{Key: []byte("x"), Value: []byte(`{"event_id":"bad"`)},
