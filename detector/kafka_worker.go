@@ -1,7 +1,6 @@
 package detector
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -324,11 +323,10 @@ func (w *worker) process(m *kafka.Message) {
 	}
 	if err := ps.p.Process(m.Value); err != nil {
 		reason := rejectReason(err)
-		d := DeadLetter{
-			Topic: m.Topic, Partition: m.Partition, Offset: m.Offset,
-			Key: bytes.Clone(m.Key), Value: bytes.Clone(m.Value), Time: m.Time,
-			Reason: reason, Detail: err.Error(),
-		}
+		// Bounded (NewDeadLetter): the message may be as large as the
+		// broker takes, and its dead letter must fit every sink, or the
+		// partition would stop at it.
+		d := NewDeadLetter(m.Topic, m.Partition, m.Offset, m.Key, m.Value, m.Time, reason, err.Error())
 		if w.r.cfg.Topic == w.r.cfg.RepartitionTopic {
 			sourceOf(&d, m.Headers)
 		}
@@ -364,7 +362,9 @@ func sourceOf(d *DeadLetter, hs []kafka.Header) {
 			ts, _ = time.Parse(time.RFC3339Nano, string(h.Value))
 		}
 	}
-	if topic == "" || part < 0 || off < 0 {
+	// Only a valid topic name can be the Repartitioner's: anything else
+	// (a producer's own header) would unbound the dead letter.
+	if validTopic(topic) != "" || part < 0 || off < 0 {
 		return
 	}
 	d.Topic, d.Partition, d.Offset = topic, part, off
