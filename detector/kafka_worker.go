@@ -2,6 +2,8 @@ package detector
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -341,13 +343,25 @@ func (w *worker) process(m *kafka.Message) {
 
 // sourceOf points a dead letter read from the repartition topic at where
 // the Repartitioner read the event (its source headers), which is where
-// the producer wrote it.
+// the producer wrote it, and gives it the size and digest of the value
+// and key the producer wrote when the Repartitioner forwarded them cut.
 func sourceOf(d *DeadLetter, hs []kafka.Header) {
 	var topic string
 	part, off := -1, int64(-1)
 	var ts time.Time
+	vsize, ksize := -1, -1
+	var vsum, ksum [sha256.Size]byte
+	var vok, kok bool
 	for _, h := range hs {
 		switch h.Key {
+		case HeaderSourceValueSize:
+			vsize = atoi(h.Value)
+		case HeaderSourceValueSHA256:
+			vok = unhex(vsum[:], h.Value)
+		case HeaderSourceKeySize:
+			ksize = atoi(h.Value)
+		case HeaderSourceKeySHA256:
+			kok = unhex(ksum[:], h.Value)
 		case HeaderSourceTopic:
 			topic = string(h.Value)
 		case HeaderSourcePartition:
@@ -371,6 +385,30 @@ func sourceOf(d *DeadLetter, hs []kafka.Header) {
 	if !ts.IsZero() {
 		d.Time = ts
 	}
+	if vok && vsize > len(d.Value) {
+		d.ValueSize, d.ValueSHA256 = vsize, vsum
+	}
+	if kok && ksize > len(d.Key) {
+		d.KeyCut, d.KeySize, d.KeySHA256 = true, ksize, ksum
+	}
+}
+
+// atoi parses a non-negative decimal int; -1 if b is not one.
+func atoi(b []byte) int {
+	v, err := strconv.Atoi(string(b))
+	if err != nil || v < 0 {
+		return -1
+	}
+	return v
+}
+
+// unhex decodes hex b into dst, reporting whether b is exactly that.
+func unhex(dst, b []byte) bool {
+	if len(b) != hex.EncodedLen(len(dst)) {
+		return false
+	}
+	_, err := hex.Decode(dst, b)
+	return err == nil
 }
 
 // idle advances the event-time clock of an idle partition (see worker): by

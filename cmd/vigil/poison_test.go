@@ -35,7 +35,16 @@ const devbrokerMaxMessage = 1048588
 // 1 KiB of the key with the whole value's size and SHA-256 in its headers,
 // the events behind the poison are scored (alerts from incidents after
 // it), and the group's committed offset moves past it to the end.
+//
+// With --kafka.repartition the poison passes the Repartitioner first, which
+// forwarded it whole with its source headers added: too large for the
+// repartition topic, and the Repartitioner stopped vigil the same way.
 func TestPoisonPillOversizedEvent(t *testing.T) {
+	t.Run("direct", func(t *testing.T) { testPoisonPill(t, false) })
+	t.Run("repartition", func(t *testing.T) { testPoisonPill(t, true) })
+}
+
+func testPoisonPill(t *testing.T, repartition bool) {
 	t.Cleanup(func() { goleak.VerifyNone(t) })
 	addr := startDevbroker(t, "--topic", "agent-events:1")
 
@@ -61,11 +70,18 @@ func TestPoisonPillOversizedEvent(t *testing.T) {
 	// A JSON object, so it is the size, not the syntax, that rejects it;
 	// the key and value fill the broker's limit but for the record
 	// batch's overhead (61 bytes of header, a few of record).
+	// Its headers pose as the Repartitioner's, to point its dead letter
+	// elsewhere.
 	key := bytes.Repeat([]byte("K"), 4096)
+	hdrs := []kafka.Header{{Key: detector.HeaderSourceOffset, Value: []byte("0")}, {Key: detector.HeaderSourceValueSize, Value: []byte("1")}}
+	room := devbrokerMaxMessage - len(key) - 80
+	for _, h := range hdrs {
+		room -= len(h.Key) + len(h.Value) + 2
+	}
 	value := []byte(`{"event_id":"poison","ts":"` + poisonAt.Format(time.RFC3339) + `","agent_id":"spiffe://bank.example/agent/poison","target_id":"t","action":"a","decision":"allow","pad":"`)
-	value = append(value, bytes.Repeat([]byte("x"), devbrokerMaxMessage-len(key)-len(value)-2-80)...)
+	value = append(value, bytes.Repeat([]byte("x"), room-len(value)-2)...)
 	value = append(value, `"}`...)
-	poison := kafka.Message{Key: key, Value: value}
+	poison := kafka.Message{Key: key, Value: value, Headers: hdrs}
 	produceAll(t, addr, msgs[:cut])
 	produceAll(t, addr, []kafka.Message{poison})
 	produceAll(t, addr, msgs[cut:])
@@ -88,7 +104,15 @@ kafka:
 			t.Logf("vigil run stderr (tail):\n%s", tail(stderr.String(), 3000))
 		}
 	})
-	web, rc := startRun(t, addr, "poison", &stdout, &stderr, "--config", conf)
+	args := []string{"--config", conf}
+	// The group that consumes agent-events: the Repartitioner's, or the
+	// detector's.
+	group := "poison"
+	if repartition {
+		args = append(args, "--kafka.repartition")
+		group += detector.RepartitionGroupSuffix
+	}
+	web, rc := startRun(t, addr, "poison", &stdout, &stderr, args...)
 
 	// It consumes everything and commits past the poison, and keeps
 	// running.
@@ -99,11 +123,11 @@ kafka:
 			t.Fatalf("vigil run exited %d on the poison message", code)
 		case <-time.After(100 * time.Millisecond):
 		}
-		if c, e := groupProgress(t, addr, "poison", 1); c == e && e == total {
+		if c, e := groupProgress(t, addr, group, 1); c == e && e == total && metricSum(scrape(t, web), "vigil_consumer_messages_total") == float64(total) {
 			break
 		}
 		if time.Now().After(deadline) {
-			c, e := groupProgress(t, addr, "poison", 1)
+			c, e := groupProgress(t, addr, group, 1)
 			t.Fatalf("committed %d of %d after 60s (the poison is at offset %d)", c, e, poisonOffset)
 		}
 	}
