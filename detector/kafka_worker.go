@@ -1,8 +1,9 @@
 package detector
 
 import (
-	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -330,11 +331,10 @@ func (w *worker) process(m *kafka.Message) {
 	}
 	if err := ps.p.ProcessMessage(m.Value, m.Key, trusted); err != nil {
 		reason := rejectReason(err)
-		d := DeadLetter{
-			Topic: m.Topic, Partition: m.Partition, Offset: m.Offset,
-			Key: bytes.Clone(m.Key), Value: bytes.Clone(m.Value), Time: m.Time,
-			Reason: reason, Detail: err.Error(),
-		}
+		// Bounded (NewDeadLetter): the message may be as large as the
+		// broker takes, and its dead letter must fit every sink, or the
+		// partition would stop at it.
+		d := NewDeadLetter(m.Topic, m.Partition, m.Offset, m.Key, m.Value, m.Time, reason, err.Error())
 		if w.r.cfg.Topic == w.r.cfg.RepartitionTopic {
 			sourceOf(&d, m.Headers)
 		}
@@ -349,13 +349,25 @@ func (w *worker) process(m *kafka.Message) {
 
 // sourceOf points a dead letter read from the repartition topic at where
 // the Repartitioner read the event (its source headers), which is where
-// the producer wrote it.
+// the producer wrote it, and gives it the size and digest of the value
+// and key the producer wrote when the Repartitioner forwarded them cut.
 func sourceOf(d *DeadLetter, hs []kafka.Header) {
 	var topic string
 	part, off := -1, int64(-1)
 	var ts time.Time
+	vsize, ksize := -1, -1
+	var vsum, ksum [sha256.Size]byte
+	var vok, kok bool
 	for _, h := range hs {
 		switch h.Key {
+		case HeaderSourceValueSize:
+			vsize = atoi(h.Value)
+		case HeaderSourceValueSHA256:
+			vok = unhex(vsum[:], h.Value)
+		case HeaderSourceKeySize:
+			ksize = atoi(h.Value)
+		case HeaderSourceKeySHA256:
+			kok = unhex(ksum[:], h.Value)
 		case HeaderSourceTopic:
 			topic = string(h.Value)
 		case HeaderSourcePartition:
@@ -370,13 +382,39 @@ func sourceOf(d *DeadLetter, hs []kafka.Header) {
 			ts, _ = time.Parse(time.RFC3339Nano, string(h.Value))
 		}
 	}
-	if topic == "" || part < 0 || off < 0 {
+	// Only a valid topic name can be the Repartitioner's: anything else
+	// (a producer's own header) would unbound the dead letter.
+	if validTopic(topic) != "" || part < 0 || off < 0 {
 		return
 	}
 	d.Topic, d.Partition, d.Offset = topic, part, off
 	if !ts.IsZero() {
 		d.Time = ts
 	}
+	if vok && vsize > len(d.Value) {
+		d.ValueSize, d.ValueSHA256 = vsize, vsum
+	}
+	if kok && ksize > len(d.Key) {
+		d.KeyCut, d.KeySize, d.KeySHA256 = true, ksize, ksum
+	}
+}
+
+// atoi parses a non-negative decimal int; -1 if b is not one.
+func atoi(b []byte) int {
+	v, err := strconv.Atoi(string(b))
+	if err != nil || v < 0 {
+		return -1
+	}
+	return v
+}
+
+// unhex decodes hex b into dst, reporting whether b is exactly that.
+func unhex(dst, b []byte) bool {
+	if len(b) != hex.EncodedLen(len(dst)) {
+		return false
+	}
+	_, err := hex.Decode(dst, b)
+	return err == nil
 }
 
 // idle advances the event-time clock of an idle partition (see worker): by

@@ -1,9 +1,12 @@
 package detector
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"time"
+	"unicode/utf8"
 
 	"github.com/vigil-sec/vigil/features"
 )
@@ -61,15 +64,95 @@ func (b *Batch) reset() {
 // Duplicates are not dead letters: they are dropped and counted. Topic,
 // Partition and Offset say where the producer wrote it: for a message read
 // from the repartition topic, where the Repartitioner read it.
+//
+// A dead letter is bounded whatever the message (NewDeadLetter): its Key,
+// Value and Detail are cut to MaxDeadLetterKey, MaxDeadLetterValue and
+// MaxDeadLetterDetail bytes, and it keeps the size and SHA-256 digest of
+// the message's value (and of its key, when that is cut), so that every
+// sink can write it and the original can still be identified.
 type DeadLetter struct {
 	Topic     string
 	Partition int
 	Offset    int64
-	Key       []byte
-	Value     []byte
+	Key       []byte          // the message's key, cut to MaxDeadLetterKey bytes
+	Value     []byte          // the message's value, cut to MaxDeadLetterValue bytes
 	Time      time.Time       // the message's timestamp
 	Reason    features.Reason // bounded: the decoder's reasons, or ReasonLate
-	Detail    string          // the full error, for people
+	Detail    string          // the error, for people (cut to MaxDeadLetterDetail bytes)
+	// ValueSize and ValueSHA256 are the size and digest of the message's
+	// whole value.
+	ValueSize   int
+	ValueSHA256 [sha256.Size]byte
+	// KeyCut says Key was cut; then KeySize and KeySHA256 are the size
+	// and digest of the message's whole key.
+	KeyCut    bool
+	KeySize   int
+	KeySHA256 [sha256.Size]byte
+}
+
+// Bounds of a dead letter (NewDeadLetter). Everything in a message, its
+// size included, is chosen by whoever wrote it, and a dead letter must fit
+// every output whatever the message: a Kafka topic (max.message.bytes,
+// 1 MiB by default, and the dead-letter sink's max_message_bytes), a log
+// line, an HTTP body. With them a dead letter's key, value and detail take
+// at most 18 KiB, so dead letters fit a topic that takes 32 KiB messages.
+// The value bound is a quarter of features.MaxEventSize: an event rejected
+// for its size is kept in part; smaller invalid events, whole.
+const (
+	MaxDeadLetterKey    = 1 << 10
+	MaxDeadLetterValue  = 16 << 10
+	MaxDeadLetterDetail = 1 << 10
+)
+
+// NewDeadLetter returns the dead letter of the message key/value at
+// topic/partition/offset with timestamp ts, rejected for reason with
+// detail: key, value and detail copied and cut to their bounds
+// (MaxDeadLetterKey, MaxDeadLetterValue, MaxDeadLetterDetail), with the
+// size and SHA-256 digest of the value (and of the key when it is cut).
+// A cut detail ends in "…" and stays valid UTF-8 where detail was.
+func NewDeadLetter(topic string, partition int, offset int64, key, value []byte, ts time.Time, reason features.Reason, detail string) DeadLetter {
+	d := DeadLetter{
+		Topic: topic, Partition: partition, Offset: offset, Time: ts, Reason: reason,
+		Detail:    cutString(detail, MaxDeadLetterDetail),
+		ValueSize: len(value), ValueSHA256: sha256.Sum256(value),
+	}
+	if value != nil {
+		d.Value = bytes.Clone(value[:min(len(value), MaxDeadLetterValue)])
+	}
+	if key != nil {
+		d.Key = bytes.Clone(key[:min(len(key), MaxDeadLetterKey)])
+	}
+	if len(key) > MaxDeadLetterKey {
+		d.KeyCut, d.KeySize, d.KeySHA256 = true, len(key), sha256.Sum256(key)
+	}
+	return d
+}
+
+// Truncated reports whether d's key or value is shorter than the message's.
+func (d *DeadLetter) Truncated() bool { return d.KeyCut || len(d.Value) < d.ValueSize }
+
+// ValueDigest returns the size and SHA-256 digest of the message's value:
+// ValueSize and ValueSHA256, or those of Value for a dead letter not made
+// by NewDeadLetter.
+func (d *DeadLetter) ValueDigest() (int, [sha256.Size]byte) {
+	if d.ValueSHA256 == ([sha256.Size]byte{}) || d.ValueSize < len(d.Value) {
+		return len(d.Value), sha256.Sum256(d.Value)
+	}
+	return d.ValueSize, d.ValueSHA256
+}
+
+// cutString cuts s to at most n bytes (n ≥ 3) on a rune boundary, ending
+// the cut in "…".
+func cutString(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const mark = "…"
+	cut := n - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
 }
 
 // WindowRecord is one closed agent window: its features, what the baseline

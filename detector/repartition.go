@@ -2,6 +2,8 @@ package detector
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -30,7 +32,49 @@ const (
 	// it is written, so that the internal topic's retention counts from
 	// then: a backlog older than the retention is not deleted on arrival.
 	HeaderSourceTimestamp = "source_timestamp"
+	// HeaderSourceValueSize and HeaderSourceValueSHA256 are the size and
+	// SHA-256 (hex) of a message's whole value when the Repartitioner
+	// forwards it cut (a value longer than features.MaxEventSize, which the
+	// detector rejects for its size whatever follows); HeaderSourceKeySize
+	// and HeaderSourceKeySHA256, of its whole key when it forwards an
+	// invalid message's key cut (longer than MaxDeadLetterKey). The
+	// Runtime puts them in the message's dead letter.
+	HeaderSourceValueSize   = "source_value_size"
+	HeaderSourceValueSHA256 = "source_value_sha256"
+	HeaderSourceKeySize     = "source_key_size"
+	HeaderSourceKeySHA256   = "source_key_sha256"
 )
+
+// Bounds of a forwarded message (forwarder.add). Everything in a message is
+// its producer's, its size included (up to the events topic's
+// max.message.bytes), and its copy, with the source headers added, must fit
+// the internal topic whatever it is, or the Repartitioner could not forward
+// it and would stop at it. With these bounds a forwarded message takes under
+// 150 KiB: an agent_id key or an invalid message's cut key, a value of at
+// most MaxEventSize+1 bytes, 16 KiB of the producer's headers, and ours.
+const (
+	// forwardMaxValue: a longer value is rejected for its size
+	// (features.ReasonTooLarge) whatever it holds, and so is its first
+	// forwardMaxValue bytes.
+	forwardMaxValue = features.MaxEventSize + 1
+	// forwardMaxKey bounds the original key of an invalid message (a valid
+	// event's key is its agent_id, no longer than the event).
+	forwardMaxKey = MaxDeadLetterKey
+	// forwardMaxHeaders bounds the producer's headers kept (names and
+	// values, in order); the rest are dropped. Headers named as the
+	// Repartitioner's own (HeaderSource*) are always dropped.
+	forwardMaxHeaders = 16 << 10
+)
+
+// sourceHeader reports whether k names a header the Repartitioner adds.
+func sourceHeader(k string) bool {
+	switch k {
+	case HeaderSourceTopic, HeaderSourcePartition, HeaderSourceOffset, HeaderSourceTimestamp,
+		HeaderSourceValueSize, HeaderSourceValueSHA256, HeaderSourceKeySize, HeaderSourceKeySHA256:
+		return true
+	}
+	return false
+}
 
 // RepartitionGroupSuffix is appended to RuntimeConfig.Group to name the
 // Repartitioner's consumer group.
@@ -75,7 +119,14 @@ func (c RuntimeConfig) RepartitionedConfig() RuntimeConfig {
 // value. A message that does not decode as a valid event keeps its original
 // key (a message without a key goes to a random partition): the Runtime
 // rejects it with the decoder's reason and dead-letters it. Nothing is
-// dropped.
+// dropped. Every forwarded message is bounded, whatever its producer made
+// of it (forwardMaxValue and the other bounds): a value longer than
+// features.MaxEventSize is forwarded cut to one byte more (the detector
+// rejects it for its size all the same), an invalid message's key longer
+// than 1 KiB is cut to 1 KiB, both with the whole one's size and SHA-256 in
+// headers (HeaderSourceValueSize, ...) that the Runtime puts in the dead
+// letter; the producer's headers are kept up to 16 KiB, and none named as
+// the Repartitioner's own.
 //
 // Partitions are chosen as the Kafka sinks choose them (kafka.CRC32Balancer:
 // CRC32 of the key modulo the partition count, as librdkafka's default
@@ -88,7 +139,7 @@ func (c RuntimeConfig) RepartitionedConfig() RuntimeConfig {
 // produce blocks the member's partitions and is retried with capped
 // exponential backoff (RetryBackoff to MaxRetryBackoff), never skipped; a
 // produce the brokers refuse for good (authorization, a message larger than
-// 1 MiB) stops Run with an error.
+// 1 MiB, which forwarding's bounds rule out) stops Run with an error.
 //
 // Event time: an agent whose events are spread over several source
 // partitions has them interleaved in the internal topic, and the detector
@@ -303,14 +354,16 @@ type forwarder struct {
 	lastCommit time.Time
 	keyed      prometheus.Counter
 	unkeyed    prometheus.Counter
+	cut        prometheus.Counter
 	// The batch being built: the messages out and, for each, its source.
 	out  []kafka.Message
 	from []*rpart
 	offs []int64
-	// nkeyed counts the batch's messages keyed by agent_id.
-	nkeyed int
-	hdrs   []kafka.Header
-	buf    []byte
+	// nkeyed counts the batch's messages keyed by agent_id; ncut, those
+	// forwarded cut (add).
+	nkeyed, ncut int
+	hdrs         []kafka.Header
+	buf          []byte
 }
 
 // rpart is one source partition of a forwarder.
@@ -365,6 +418,7 @@ func (r *Repartitioner) forward(rctx, gctx context.Context, gen *kafka.Generatio
 		r: r, gen: gen, notify: make(chan struct{}, 1), topic: []byte(r.cfg.Topic), lastCommit: time.Now(),
 		keyed:   r.m.messages.WithLabelValues("agent_id"),
 		unkeyed: r.m.messages.WithLabelValues("original"),
+		cut:     r.m.cut,
 	}
 	fctx, stopFetch := context.WithCancel(context.Background())
 	var fetchers sync.WaitGroup
@@ -579,7 +633,14 @@ func (f *forwarder) add(p *rpart) {
 		key = f.bytes(p.ev.AgentID)
 	}
 	start := len(f.hdrs)
-	f.hdrs = append(f.hdrs, m.Headers...)
+	kept := 0
+	for _, h := range m.Headers {
+		if n := len(h.Key) + len(h.Value); !sourceHeader(h.Key) && kept+n <= forwardMaxHeaders {
+			f.hdrs = append(f.hdrs, h)
+			kept += n
+		}
+	}
+	cut := len(f.hdrs)-start < len(m.Headers)
 	o := len(f.buf)
 	f.buf = strconv.AppendInt(f.buf, m.Offset, 10)
 	f.hdrs = append(f.hdrs,
@@ -596,13 +657,36 @@ func (f *forwarder) add(p *rpart) {
 	if value == nil {
 		value = []byte{} // a null value would be a tombstone
 	}
+	if len(value) > forwardMaxValue {
+		f.digest(HeaderSourceValueSize, HeaderSourceValueSHA256, value)
+		value, cut = value[:forwardMaxValue], true
+	}
+	if !p.valid && len(key) > forwardMaxKey {
+		f.digest(HeaderSourceKeySize, HeaderSourceKeySHA256, key)
+		key, cut = key[:forwardMaxKey], true
+	}
 	f.out = append(f.out, kafka.Message{Key: key, Value: value, Headers: f.hdrs[start:len(f.hdrs):len(f.hdrs)]})
 	f.from = append(f.from, p)
 	f.offs = append(f.offs, m.Offset)
 	if p.valid {
 		f.nkeyed++
 	}
+	if cut {
+		f.ncut++
+	}
 	p.head = ritem{}
+}
+
+// digest adds headers sizeKey and sumKey: b's size and SHA-256 (hex).
+func (f *forwarder) digest(sizeKey, sumKey string, b []byte) {
+	sum := sha256.Sum256(b)
+	o := len(f.buf)
+	f.buf = strconv.AppendInt(f.buf, int64(len(b)), 10)
+	n := len(f.buf)
+	f.buf = hex.AppendEncode(f.buf, sum[:])
+	f.hdrs = append(f.hdrs,
+		kafka.Header{Key: sizeKey, Value: f.buf[o:n:n]},
+		kafka.Header{Key: sumKey, Value: f.buf[n:len(f.buf):len(f.buf)]})
 }
 
 // bytes copies b into f.buf.
@@ -647,7 +731,8 @@ func (f *forwarder) produce(ctx context.Context) bool {
 	}
 	f.keyed.Add(float64(f.nkeyed))
 	f.unkeyed.Add(float64(len(f.out) - f.nkeyed))
-	f.nkeyed = 0
+	f.cut.Add(float64(f.ncut))
+	f.nkeyed, f.ncut = 0, 0
 	clear(f.out) // let the messages go
 	clear(f.from)
 	f.out, f.from, f.offs = f.out[:0], f.from[:0], f.offs[:0]
@@ -735,6 +820,7 @@ func permanentWriteError(err error) error {
 // repartitionMetrics are the Repartitioner's Prometheus metrics.
 type repartitionMetrics struct {
 	messages   *prometheus.CounterVec
+	cut        prometheus.Counter
 	failures   prometheus.Counter
 	committed  *prometheus.GaugeVec
 	lag        *prometheus.GaugeVec
@@ -749,6 +835,10 @@ func newRepartitionMetrics(reg prometheus.Registerer) *repartitionMetrics {
 			Name: "vigil_repartition_messages_total",
 			Help: "Messages forwarded to the repartition topic and acknowledged, by key: agent_id (a valid event) or original (invalid: the detector dead-letters it).",
 		}, []string{"key"}),
+		cut: f.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_repartition_messages_cut_total",
+			Help: "Messages forwarded cut to fit: a value over the event size limit or an invalid message's key over 1 KiB (the detector dead-letters them with the whole value's and key's size and digest), or producer headers dropped (beyond 16 KiB, or named as the source headers).",
+		}),
 		failures: f.NewCounter(prometheus.CounterOpts{
 			Name: "vigil_repartition_produce_failures_total", Help: "Failed produce requests to the repartition topic (each is retried; the source partition waits).",
 		}),

@@ -3,6 +3,7 @@ package detector
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"maps"
@@ -578,4 +579,91 @@ func BenchmarkRepartitionerKafka(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(msgs))*float64(b.N)/elapsed.Seconds(), "msgs/s")
 	b.ReportMetric(float64(len(msgs)), "msgs/op")
+}
+
+// A forwarded message is bounded whatever its producer made of it: a value
+// over the event size limit is cut to one byte more (still rejected for
+// its size), an invalid message's long key is cut, the producer's headers
+// are kept up to forwardMaxHeaders and never under the Repartitioner's own
+// names; the cut value's and key's size and digest travel in headers, and
+// the Runtime's dead letter (NewDeadLetter, sourceOf) has the producer's.
+// A valid event is forwarded whole, keyed by its agent_id.
+func TestForwardedMessageIsBounded(t *testing.T) {
+	key, value := bytes.Repeat([]byte("K"), 4096), bytes.Repeat([]byte("v"), 1<<20-5000)
+	spoof := []kafka.Header{
+		{Key: HeaderSourceOffset, Value: []byte("0")},
+		{Key: HeaderSourceValueSize, Value: []byte("1")},
+		{Key: HeaderSourceValueSHA256, Value: bytes.Repeat([]byte("0"), 64)},
+		{Key: "big", Value: make([]byte, forwardMaxHeaders-len("big")-len("trace")-len("abc"))}, // with trace: the bound
+		{Key: "trace", Value: []byte("abc")},
+		{Key: "one-too-many", Value: nil},
+	}
+	valid := []byte(`{"event_id":"e1","ts":"2026-03-02T10:00:00Z","agent_id":"spiffe://bank.example/agent/a","target_id":"t","action":"x","decision":"allow"}`)
+	for _, tc := range []struct {
+		name       string
+		m          kafka.Message
+		valid      bool
+		wantKey    []byte
+		wantValue  []byte
+		wantCut    bool
+		wantHeader []string // the producer's headers kept
+	}{
+		{name: "poison", m: kafka.Message{Key: key, Value: value, Headers: spoof},
+			wantKey: key[:forwardMaxKey], wantValue: value[:forwardMaxValue], wantCut: true, wantHeader: []string{"big", "trace"}},
+		{name: "invalid, small", m: kafka.Message{Key: []byte("k"), Value: []byte("{"), Headers: spoof[4:]},
+			wantKey: []byte("k"), wantValue: []byte("{"), wantHeader: []string{"trace", "one-too-many"}},
+		{name: "valid", m: kafka.Message{Key: key, Value: valid, Headers: spoof[3:]}, valid: true,
+			wantKey: []byte("spiffe://bank.example/agent/a"), wantValue: valid, wantCut: true, wantHeader: []string{"big", "trace"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.m.Topic, tc.m.Partition, tc.m.Offset = "agent-events", 2, 77
+			f := &forwarder{topic: []byte("agent-events")}
+			p := &rpart{part: []byte("2"), has: true, head: ritem{m: tc.m}}
+			p.valid = p.dec.Decode(tc.m.Value, &p.ev) == nil
+			if p.valid != tc.valid {
+				t.Fatalf("valid %v", p.valid)
+			}
+			f.add(p)
+			if len(f.out) != 1 {
+				t.Fatalf("%d messages out", len(f.out))
+			}
+			m := f.out[0]
+			if !bytes.Equal(m.Key, tc.wantKey) || !bytes.Equal(m.Value, tc.wantValue) {
+				t.Errorf("forwarded key %d, value %d bytes; want %d, %d", len(m.Key), len(m.Value), len(tc.wantKey), len(tc.wantValue))
+			}
+			size := len(m.Key) + len(m.Value)
+			var own []string
+			for _, h := range m.Headers {
+				size += len(h.Key) + len(h.Value)
+				if !sourceHeader(h.Key) {
+					own = append(own, h.Key)
+				}
+			}
+			if !slices.Equal(own, tc.wantHeader) {
+				t.Errorf("producer headers kept %v, want %v", own, tc.wantHeader)
+			}
+			if size > 150<<10 {
+				t.Errorf("forwarded message of %d bytes", size)
+			}
+			if (f.ncut > 0) != tc.wantCut {
+				t.Errorf("counted cut: %d", f.ncut)
+			}
+			// The Runtime rejects it and dead-letters the producer's message.
+			d := NewDeadLetter(rpInternal, 0, 5, m.Key, m.Value, time.Time{}, features.ReasonTooLarge, "")
+			sourceOf(&d, m.Headers)
+			if d.Topic != "agent-events" || d.Partition != 2 || d.Offset != 77 {
+				t.Errorf("dead letter points at %s/%d/%d", d.Topic, d.Partition, d.Offset)
+			}
+			if d.ValueSize != len(tc.m.Value) || d.ValueSHA256 != sha256.Sum256(tc.m.Value) {
+				t.Errorf("dead letter value size %d, digest %x; want the producer's (%d)", d.ValueSize, d.ValueSHA256, len(tc.m.Value))
+			}
+			if tc.valid {
+				return
+			}
+			wantKeyCut := len(tc.m.Key) > MaxDeadLetterKey
+			if d.KeyCut != wantKeyCut || wantKeyCut && (d.KeySize != len(tc.m.Key) || d.KeySHA256 != sha256.Sum256(tc.m.Key)) {
+				t.Errorf("dead letter key cut %v, size %d; want %v, the producer's %d", d.KeyCut, d.KeySize, wantKeyCut, len(tc.m.Key))
+			}
+		})
+	}
 }

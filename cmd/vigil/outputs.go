@@ -185,7 +185,7 @@ func (o Outputs) Validate() error {
 		}
 	}
 	if o.DeadLetters.Enabled {
-		if err := o.DeadLetters.Config.Validate(); err != nil {
+		if err := o.DeadLetters.Config.ValidateDeadLetters(); err != nil {
 			return fmt.Errorf("outputs.dead_letters: %w", err)
 		}
 	}

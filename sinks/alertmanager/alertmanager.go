@@ -185,11 +185,12 @@ func (s *Sink) Write(ctx context.Context, b detector.Batch) error {
 	}
 	for i := range b.Windows {
 		w := &b.Windows[i]
-		if w.Cold || w.Severity >= detector.SeverityWarning || len(s.byAgent[w.AgentID]) == 0 {
+		agent := boundID(w.AgentID)
+		if w.Cold || w.Severity >= detector.SeverityWarning || len(s.byAgent[agent]) == 0 {
 			continue
 		}
 		start := w.Start
-		out = s.resolveAgent(out, w.AgentID, func(e *entry) bool { return e.window < start }, reasonNormal, now)
+		out = s.resolveAgent(out, agent, func(e *entry) bool { return e.window < start }, reasonNormal, now)
 	}
 	s.mu.Unlock()
 	if len(out) == 0 {
@@ -201,6 +202,7 @@ func (s *Sink) Write(ctx context.Context, b detector.Batch) error {
 // fire records alert a and appends its Alertmanager alert (and those it
 // supersedes) to out. s.mu is held.
 func (s *Sink) fire(out []postableAlert, a *detector.Alert, now time.Time) []postableAlert {
+	a = bounded(a) // ids from here on: labels, summary, keys
 	key, ws := labelKey(a), a.WindowStart.UnixNano()
 	// One alert per agent and kind: a newer alert with another severity
 	// (or class) resolves the older one.

@@ -13,6 +13,13 @@
 // window_start, window_end, detected_at, score and baseline; generatorURL
 // links to the analyst view (Config.GeneratorURL).
 //
+// agent_id and agent_class come from events, whose producers choose them
+// (up to the decoder's 64 KiB): longer than 512 bytes, they are cut, in the
+// labels, the summary, generatorURL and the Sink's memory alike, to their
+// start, "…" and 16 hex digits of their SHA-256, so that distinct ids stay
+// distinct alerts. Label and annotation values are made valid UTF-8. The
+// full id is in ClickHouse and the other sinks.
+//
 // # Lifecycle
 //
 // The Sink remembers the alerts it has fired (in memory, at most

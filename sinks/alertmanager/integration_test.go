@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -197,5 +198,41 @@ func TestAlertmanagerHA(t *testing.T) {
 		if !eventually(5*time.Second, func() bool { return len(query(t, am)) == 2 }) {
 			t.Errorf("%s lists %v, want both alerts", am.URL(), query(t, am))
 		}
+	}
+}
+
+// Hostile ids (60 KiB, control, bidi and invalid UTF-8 bytes: all within
+// the decoder's limit) reach a real Alertmanager bounded and distinct, and
+// a batch of 1000 of them is one small POST: unbounded, that POST was about
+// 120 MB and took Alertmanager 0.25 about 5 s of the 10 s timeout here, so
+// a slower host would time it out and retry it forever.
+func TestAlertmanagerHostileIDs(t *testing.T) {
+	am := sinktest.StartAlertmanager(t)
+	s := newTestSink(t, nil, Config{GeneratorURL: "http://analyst.example/agents/{agent_id}"}, am.URL())
+	long := strings.Repeat("a", 60<<10)
+	var as []*detector.Alert
+	for i := range 1000 {
+		a := liveAlert(fmt.Sprintf("%s-%04d", long, i), detector.KindVolume, detector.SeverityCritical)
+		a.AgentClass = long
+		as = append(as, a)
+	}
+	odd := liveAlert("ctl\x00\x01\x1b[31m\u202e\u200b bad\xff\xfe", detector.KindVolume, detector.SeverityCritical)
+	as = append(as, odd)
+	start := time.Now()
+	if err := s.Write(context.Background(), detector.Batch{Alerts: as}); err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	t.Logf("%d alerts with 60 KiB ids posted in %v", len(as), time.Since(start).Round(time.Millisecond))
+	got := query(t, am)
+	if len(got) != len(as) {
+		t.Fatalf("Alertmanager lists %d alerts, want %d", len(got), len(as))
+	}
+	for k, q := range got {
+		if len(q.Labels["agent_id"]) > maxID || len(q.Labels["agent_class"]) > maxID {
+			t.Fatalf("%.40q: labels of %d and %d bytes", k, len(q.Labels["agent_id"]), len(q.Labels["agent_class"]))
+		}
+	}
+	if _, ok := got[clean(odd.AgentID)+"/"+detector.KindVolume]; !ok {
+		t.Errorf("no alert labelled %q", clean(odd.AgentID))
 	}
 }

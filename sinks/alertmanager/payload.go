@@ -1,11 +1,14 @@
 package alertmanager
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"math"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/vigil-sec/vigil/detector"
 )
@@ -52,6 +55,41 @@ func labelKey(a *detector.Alert) string {
 // clean keeps label and annotation values valid UTF-8, which Alertmanager
 // requires.
 func clean(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
+
+// maxID bounds an id taken from events (agent_id, agent_class) wherever the
+// sink puts it: labels, the summary, generatorURL, and the sink's own
+// memory. An event's fields are its producer's, up to the decoder's 64 KiB,
+// and Alertmanager keeps each in every alert, re-send and notification: at
+// 60 KiB an alert is about 120 KB on the wire, and the sink remembers up to
+// MaxActive of them.
+const maxID = 512
+
+// boundID returns id, or, when it is longer than maxID bytes, its start cut
+// on a rune boundary, "…" and 16 hex digits of its SHA-256: at most maxID
+// bytes, and distinct ids stay distinct.
+func boundID(id string) string {
+	if len(id) <= maxID {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	const mark = "…"
+	cut := maxID - len(mark) - 16
+	for cut > 0 && !utf8.RuneStart(id[cut]) {
+		cut--
+	}
+	return id[:cut] + mark + hex.EncodeToString(sum[:8])
+}
+
+// bounded returns a with its ids bounded (boundID): a itself when they are
+// short, else a copy (a is shared with the other sinks and never changed).
+func bounded(a *detector.Alert) *detector.Alert {
+	if len(a.AgentID) <= maxID && len(a.AgentClass) <= maxID {
+		return a
+	}
+	b := *a
+	b.AgentID, b.AgentClass = boundID(a.AgentID), boundID(a.AgentClass)
+	return &b
+}
 
 // annotations describes a for an analyst.
 func annotations(a *detector.Alert) map[string]string {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/vigil-sec/vigil/detector"
 )
@@ -171,5 +172,82 @@ func TestNewSecretFiles(t *testing.T) {
 		if _, err := New(c, nil); err == nil {
 			t.Errorf("New(%+v) accepted a missing or empty file", c)
 		}
+	}
+}
+
+// Ids come from events, up to the decoder's 64 KiB: labels, the summary,
+// generatorURL and the sink's memory get them bounded (boundID), distinct
+// ids stay distinct, the same id gives the same label (its alert is
+// refreshed and resolved as one), and the alert shared with the other sinks
+// is not changed.
+func TestLongIDsAreBounded(t *testing.T) {
+	am, c := newFakeAM(t), newClock()
+	s := newTestSink(t, c, Config{GeneratorURL: "https://analyst.example/agents/{agent_id}"}, am.srv.URL)
+	prefix := strings.Repeat("é", 20<<10) // 40 KiB, 2-byte runes: cuts must respect them
+	id1, id2 := prefix+"-one", prefix+"-two"
+	a1, a2 := alert(id1, detector.KindVolume, detector.SeverityCritical, 0), alert(id2, detector.KindVolume, detector.SeverityCritical, 0)
+	a1.AgentClass = strings.Repeat("c", 60<<10)
+	c.advance(6 * time.Minute)
+	if err := s.Write(context.Background(), detector.Batch{Alerts: []*detector.Alert{a1, a2}}); err != nil {
+		t.Fatal(err)
+	}
+	if a1.AgentID != id1 || len(a1.AgentClass) != 60<<10 {
+		t.Error("the shared alert was changed")
+	}
+	posted := am.take()
+	if len(posted) != 2 {
+		t.Fatalf("%d alerts posted, want 2", len(posted))
+	}
+	if l1, l2 := posted[0].Labels["agent_id"], posted[1].Labels["agent_id"]; l1 == l2 || l1 != boundID(id1) || l2 != boundID(id2) {
+		t.Errorf("agent_id labels %.30q… and %.30q… : want distinct, boundID of each", l1, l2)
+	}
+	body := am.raw[0]
+	if len(body) > 2*8<<10 {
+		t.Errorf("%d-byte body for two alerts", len(body))
+	}
+	for _, p := range posted {
+		for k, v := range p.Labels {
+			if len(v) > maxID || !utf8.ValidString(v) {
+				t.Errorf("label %s: %d bytes, valid UTF-8 %v", k, len(v), utf8.ValidString(v))
+			}
+		}
+		if n := len(p.Annotations["summary"]); n > 3*maxID {
+			t.Errorf("summary of %d bytes", n)
+		}
+		if n := len(p.GeneratorURL); n > 4*maxID {
+			t.Errorf("generatorURL of %d bytes", n)
+		}
+	}
+	if got := posted[0].Labels["agent_id"]; !strings.HasPrefix(got, prefix[:400]) || !strings.Contains(got, "…") {
+		t.Errorf("label %q: want the id's start, … and a digest", got)
+	}
+	// The same id: the same alert, refreshed; a normal window of agent 1
+	// resolves its alert and not agent 2's.
+	c.advance(time.Minute)
+	again := alert(id1, detector.KindVolume, detector.SeverityCritical, 1)
+	again.AgentClass = a1.AgentClass
+	b := detector.Batch{Alerts: []*detector.Alert{again}, Windows: []detector.WindowRecord{window(id1, detector.SeverityNone, 2)}}
+	if err := s.Write(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	posted = am.take()
+	if len(posted) != 2 || posted[0].Labels["agent_id"] != boundID(id1) || posted[1].Labels["agent_id"] != boundID(id1) ||
+		!posted[1].EndsAt.Equal(c.now()) {
+		t.Errorf("refresh and resolution of agent 1: %d alerts posted", len(posted))
+	}
+	if s.firing.Len() != 1 || len(s.byKey) != 2 {
+		t.Errorf("firing %d, remembered %d; want agent 2's firing, agent 1's resolved", s.firing.Len(), len(s.byKey))
+	}
+
+	for _, tc := range []struct{ in, want string }{
+		{"short", "short"},
+		{strings.Repeat("a", maxID), strings.Repeat("a", maxID)},
+	} {
+		if got := boundID(tc.in); got != tc.want {
+			t.Errorf("boundID(%.20q) = %.20q", tc.in, got)
+		}
+	}
+	if got := boundID(strings.Repeat("a", maxID+1)); len(got) > maxID || got == boundID(strings.Repeat("a", maxID+2)) {
+		t.Errorf("boundID of %d bytes: %d bytes %q", maxID+1, len(got), got)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"slices"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/vigil-sec/vigil/detector"
 	"github.com/vigil-sec/vigil/features"
+	"github.com/vigil-sec/vigil/models"
 	"github.com/vigil-sec/vigil/sinks/sinktest"
 )
 
@@ -656,4 +658,50 @@ func TestMigrationAddsColumnsToOldDatabase(t *testing.T) {
 	if got := query(t, srv, cfg.Database, "SELECT events, denied_unfamiliar, z_denied_unfamiliar FROM windows"); got != "7\t0\t0\n" {
 		t.Errorf("old row: %q", got)
 	}
+}
+
+// What an event's producer chooses reaches ClickHouse as it is, and no
+// choice makes an insert fail: ids of 60 KiB with NUL, control and bidi
+// characters (String columns take any bytes; the decoder takes only valid
+// UTF-8), infinite and NaN feature values; the audit chain verifies. Nor
+// does a window in 2150 (the decoder takes years to 2199): DateTime ends in
+// 2106 and the driver wraps the time without an error, so that row is
+// stored with a wrong time (logged here; bounding event time is the
+// pipeline's job).
+func TestHostileContentIsStored(t *testing.T) {
+	t.Parallel()
+	srv := sinktest.SharedClickHouse(t)
+	s, cfg := newSink(t, srv)
+	id := "spiffe://x/\x00\x01\x1b[31m\u202e\u200b\u2028" + strings.Repeat("<é\t\"", 60<<10/5)
+	ws := time.Now().UTC().Truncate(5 * time.Minute)
+	w := detector.WindowRecord{AgentID: id, AgentClass: id, Start: ws.UnixNano(), End: ws.Add(5 * time.Minute).UnixNano(), Severity: detector.SeverityCritical, Score: 99}
+	w.Value[0], w.Expected[0], w.Z[0] = math.Inf(1), math.NaN(), math.Inf(-1)
+	now := time.Now().UTC()
+	a := &detector.Alert{AlertID: "hostile-1", AgentID: id, AgentClass: id, WindowStart: ws, WindowEnd: ws.Add(5 * time.Minute),
+		DetectedAt: now, Score: 99, Severity: detector.SeverityCritical, Kind: detector.KindVolume, Credentials: []string{id},
+		Baseline: detector.Baseline{Source: models.SourceAgent, Windows: 3}}
+	r := &detector.Revocation{RequestID: "hostile-r1", AlertID: "hostile-1", AgentID: id, AgentClass: id, WindowStart: ws, WindowEnd: ws,
+		DetectedAt: now, Score: 99, Severity: detector.SeverityCritical, Kind: detector.KindVolume, CredentialID: id,
+		Action: detector.ActionQuarantine, Mode: detector.ModeDryRun, Why: "policy", ExpiresAt: now.Add(time.Hour)}
+	future := w
+	future.Start = time.Date(2150, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+	b := detector.Batch{Topic: fixtureTopic, Partition: 0, Windows: []detector.WindowRecord{w, future}, Alerts: []*detector.Alert{a}, Revocations: []*detector.Revocation{r}}
+	if err := s.Write(context.Background(), b); err != nil {
+		t.Fatalf("Write: %v", err)
+	}
+	for _, tc := range []struct{ sql, want string }{
+		{"SELECT count(), any(length(agent_id)), any(agent_id) = any(agent_class) FROM windows", fmt.Sprintf("2\t%d\t1", len(id))},
+		{"SELECT count(), any(length(agent_id)), any(length(credential_id)) FROM alerts", fmt.Sprintf("1\t%d\t%d", len(id), len(id))},
+		{"SELECT count(), any(length(agent_id)) FROM revocations", fmt.Sprintf("1\t%d", len(id))},
+		{"SELECT count() FROM audit", "2"},
+	} {
+		if got := strings.TrimSpace(query(t, srv, cfg.Database, tc.sql)); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.sql, got, tc.want)
+		}
+	}
+	if _, err := s.VerifyChain(context.Background(), fixtureTopic, 0); err != nil {
+		t.Error(err)
+	}
+	t.Logf("a window starting 2150-01-01T00:00:00Z is stored as starting %s",
+		strings.TrimSpace(query(t, srv, cfg.Database, "SELECT toString(min(window_start), 'UTC') FROM windows")))
 }

@@ -6,10 +6,16 @@
 //     (detector.Revocation.Body), headers request_id, kid, mode, action and
 //     content-type: application/json;
 //   - dead letters to "agent-events-dlq" (NewDeadLetters): key and value the
-//     rejected message's, byte for byte, headers reason (bounded: the
-//     decoder's reasons or "late"), detail (the error, for people, at most
-//     1 KiB), source_topic, source_partition, source_offset and
-//     source_timestamp (RFC 3339, UTC).
+//     rejected message's, byte for byte up to 1 KiB of key and 16 KiB of
+//     value (detector.NewDeadLetter cuts longer ones, so that a message as
+//     large as the broker takes cannot make a dead letter too large to
+//     write), headers reason (bounded: the decoder's reasons or "late"),
+//     detail (the error, for people, at most 1 KiB), source_topic,
+//     source_partition, source_offset, source_timestamp (RFC 3339, UTC),
+//     value_size and value_sha256 (of the whole value, hex) and, when
+//     something was cut, truncated: true (and key_size and key_sha256 when
+//     the key was). A dead letter takes under 19 KiB: max_message_bytes,
+//     and the topic's max.message.bytes, must be at least 32 KiB.
 //
 // Both are detector.Sinks built on a synchronous kafka-go Writer with
 // RequiredAcks = all: Write returns nil only when the brokers have

@@ -3,6 +3,7 @@ package kafkasink
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -30,7 +31,10 @@ const (
 
 // Header names. Revocation requests carry HeaderRequestID, HeaderKeyID,
 // HeaderMode, HeaderAction and HeaderContentType; dead letters carry
-// HeaderReason, HeaderDetail and the HeaderSource* headers.
+// HeaderReason, HeaderDetail, the HeaderSource* headers, HeaderValueSize
+// and HeaderValueSHA256 and, when their key or value was cut
+// (detector.NewDeadLetter), HeaderTruncated ("true") and, when the key
+// was, HeaderKeySize and HeaderKeySHA256.
 const (
 	HeaderRequestID   = "request_id"
 	HeaderKeyID       = "kid"
@@ -44,6 +48,11 @@ const (
 	HeaderSourcePartition = "source_partition"
 	HeaderSourceOffset    = "source_offset"
 	HeaderSourceTimestamp = "source_timestamp"
+	HeaderValueSize       = "value_size"   // the rejected message's value: bytes
+	HeaderValueSHA256     = "value_sha256" // its SHA-256, lowercase hex
+	HeaderTruncated       = "truncated"
+	HeaderKeySize         = "key_size"
+	HeaderKeySHA256       = "key_sha256"
 )
 
 // maxDetail bounds the detail header of a dead letter (the error text).
@@ -73,6 +82,7 @@ type Config struct {
 	BatchSize int `yaml:"batch_size"`
 	// MaxMessageBytes bounds one produce batch, and so one message (key,
 	// value and headers). Keep it at or below the topic's max.message.bytes.
+	// Dead letters need at least 32 KiB (MinDeadLetterBytes).
 	// A larger message fails the Write permanently. Default 1 MiB (1048576).
 	MaxMessageBytes int `yaml:"max_message_bytes"`
 	// WriteTimeout bounds one produce request. Default 10s.
@@ -121,6 +131,24 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// MinDeadLetterBytes is the least MaxMessageBytes of the dead-letter sink,
+// and of the dead-letter topic's max.message.bytes: the largest dead letter
+// (detector.MaxDeadLetterKey, MaxDeadLetterValue and MaxDeadLetterDetail
+// bytes, and the headers) takes under 19 KiB.
+const MinDeadLetterBytes = 32 << 10
+
+// ValidateDeadLetters is Validate for the dead-letter sink's Config: it
+// also checks that every dead letter fits (MinDeadLetterBytes).
+func (c Config) ValidateDeadLetters() error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if c.MaxMessageBytes < MinDeadLetterBytes {
+		return &detector.ConfigError{Field: "max_message_bytes", Msg: fmt.Sprintf("%d: want ≥ %d for dead letters (the largest takes under 19 KiB)", c.MaxMessageBytes, MinDeadLetterBytes)}
+	}
+	return nil
+}
+
 func validTopic(t string) bool {
 	if t == "" || t == "." || t == ".." || len(t) > 249 {
 		return false
@@ -157,9 +185,14 @@ func NewRevocations(ctx context.Context, kc detector.RuntimeConfig, cfg Config, 
 }
 
 // NewDeadLetters returns the Sink ("kafka-dlq") that writes a batch's dead
-// letters to cfg.Topic: the rejected message's key and value unchanged, and
-// why in the headers. Otherwise as NewRevocations.
+// letters to cfg.Topic: the rejected message's key and value as the dead
+// letter has them (whole, or cut to detector.MaxDeadLetterKey and
+// MaxDeadLetterValue bytes), and why, where from and the value's size and
+// digest in the headers. Otherwise as NewRevocations.
 func NewDeadLetters(ctx context.Context, kc detector.RuntimeConfig, cfg Config, log *slog.Logger) (*Sink, error) {
+	if err := cfg.ValidateDeadLetters(); err != nil {
+		return nil, fmt.Errorf("%s: %w", DeadLettersName, err)
+	}
 	return newSink(ctx, DeadLettersName, kc, cfg, log, deadLetterMessages)
 }
 
@@ -277,10 +310,11 @@ func deadLetterMessages(b *detector.Batch) ([]kafka.Message, error) {
 		return nil, nil
 	}
 	msgs := make([]kafka.Message, len(b.DeadLetters))
-	hdrs := make([]kafka.Header, 0, 6*len(b.DeadLetters))
+	hdrs := make([]kafka.Header, 0, 8*len(b.DeadLetters))
 	for i := range b.DeadLetters {
 		dl := &b.DeadLetters[i]
 		start := len(hdrs)
+		size, sum := dl.ValueDigest()
 		hdrs = append(hdrs,
 			kafka.Header{Key: HeaderReason, Value: []byte(dl.Reason)},
 			kafka.Header{Key: HeaderDetail, Value: []byte(truncate(dl.Detail, maxDetail))},
@@ -290,6 +324,19 @@ func deadLetterMessages(b *detector.Batch) ([]kafka.Message, error) {
 		)
 		if !dl.Time.IsZero() {
 			hdrs = append(hdrs, kafka.Header{Key: HeaderSourceTimestamp, Value: dl.Time.UTC().AppendFormat(nil, time.RFC3339Nano)})
+		}
+		hdrs = append(hdrs,
+			kafka.Header{Key: HeaderValueSize, Value: strconv.AppendInt(nil, int64(size), 10)},
+			kafka.Header{Key: HeaderValueSHA256, Value: hex.AppendEncode(nil, sum[:])},
+		)
+		if dl.Truncated() {
+			hdrs = append(hdrs, kafka.Header{Key: HeaderTruncated, Value: []byte("true")})
+		}
+		if dl.KeyCut {
+			hdrs = append(hdrs,
+				kafka.Header{Key: HeaderKeySize, Value: strconv.AppendInt(nil, int64(dl.KeySize), 10)},
+				kafka.Header{Key: HeaderKeySHA256, Value: hex.AppendEncode(nil, dl.KeySHA256[:])},
+			)
 		}
 		// Copies: a Write that ctx ended leaves its messages with the
 		// Writer, which may send them after the caller reused the batch.

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -268,8 +270,9 @@ func TestRevocationsArrive(t *testing.T) {
 	}
 }
 
-// Dead letters keep the rejected message's key and value byte for byte, a
-// missing key stays missing, and the headers say why and where from.
+// Dead letters keep the key and value they have byte for byte (a bounded
+// one: its cut key and value), a missing key stays missing, and the headers
+// say why, where from, and the whole value's size and digest.
 func TestDeadLettersArrive(t *testing.T) {
 	_, addr := cluster(t)
 	s := newDeadLetters(t, addr)
@@ -278,12 +281,15 @@ func TestDeadLettersArrive(t *testing.T) {
 	}
 	ts := time.Date(2026, 3, 2, 10, 4, 5, 123456789, time.FixedZone("CET", 3600))
 	long := strings.Repeat("é", 2000)
+	bigKey, bigValue := bytes.Repeat([]byte("k"), 4000), bytes.Repeat([]byte("v"), 1048000)
 	dls := []detector.DeadLetter{
 		{Topic: eventsTopic, Partition: 2, Offset: 41, Key: []byte("spiffe://bank.example/agent/a"), Value: []byte(`{"event_id":"e1"`),
 			Time: ts, Reason: features.ReasonBadJSON, Detail: "unexpected end of JSON input"},
 		{Topic: eventsTopic, Partition: 0, Offset: 7, Key: nil, Value: []byte{0xff, 0x00, 0xfe, '\n'},
 			Time: ts, Reason: features.ReasonBadJSON, Detail: long},
 		{Topic: eventsTopic, Partition: 1, Offset: 1 << 40, Key: []byte("k"), Value: nil, Reason: features.ReasonMissingField, Detail: "agent_id: missing"},
+		// As the Runtime bounds a message as large as the broker takes.
+		detector.NewDeadLetter(eventsTopic, 2, 99, bigKey, bigValue, ts, features.ReasonTooLarge, "event of 1048000 bytes exceeds the 65536 byte limit"),
 	}
 	if err := s.Write(context.Background(), detector.Batch{DeadLetters: dls, Revocations: []*detector.Revocation{{RequestID: "not mine"}}}); err != nil {
 		t.Fatal(err)
@@ -314,6 +320,31 @@ func TestDeadLettersArrive(t *testing.T) {
 			HeaderReason: string(dl.Reason), HeaderSourceTopic: eventsTopic,
 			HeaderSourcePartition: strconv.Itoa(dl.Partition), HeaderSourceTimestamp: wantTS,
 		} {
+			if v, _ := header(m, k); v != want {
+				t.Errorf("offset %s: header %s = %q, want %q", off, k, v, want)
+			}
+		}
+		size, sum := dl.ValueDigest()
+		wantSize, wantSum, wantTrunc := strconv.Itoa(size), hex.EncodeToString(sum[:]), ""
+		if dl.Offset == 99 {
+			// The original's size and digest, not the cut value's.
+			wantSize, wantTrunc = "1048000", "true"
+			s := sha256.Sum256(bigValue)
+			wantSum = hex.EncodeToString(s[:])
+			if len(m.Value) != detector.MaxDeadLetterValue || len(m.Key) != detector.MaxDeadLetterKey {
+				t.Errorf("offset 99: key %d, value %d bytes; want cut to %d and %d", len(m.Key), len(m.Value), detector.MaxDeadLetterKey, detector.MaxDeadLetterValue)
+			}
+			ks := sha256.Sum256(bigKey)
+			if v, _ := header(m, HeaderKeySHA256); v != hex.EncodeToString(ks[:]) {
+				t.Errorf("offset 99: key_sha256 %q", v)
+			}
+			if v, _ := header(m, HeaderKeySize); v != "4000" {
+				t.Errorf("offset 99: key_size %q", v)
+			}
+		} else if _, ok := header(m, HeaderKeySize); ok {
+			t.Errorf("offset %s: key_size header on an uncut key", off)
+		}
+		for k, want := range map[string]string{HeaderValueSize: wantSize, HeaderValueSHA256: wantSum, HeaderTruncated: wantTrunc} {
 			if v, _ := header(m, k); v != want {
 				t.Errorf("offset %s: header %s = %q, want %q", off, k, v, want)
 			}
@@ -417,16 +448,18 @@ func TestWriteErrors(t *testing.T) {
 	}
 
 	t.Run("message larger than max_message_bytes", func(t *testing.T) {
+		// The Runtime's dead letters are bounded (detector.NewDeadLetter)
+		// and always fit; one made otherwise may not.
 		_, addr := cluster(t)
 		cfg := testConfig(DefaultDeadLettersConfig())
-		cfg.MaxMessageBytes = 4096
+		cfg.MaxMessageBytes = MinDeadLetterBytes
 		s, err := NewDeadLetters(context.Background(), runtimeConfig(addr), cfg, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer s.Close()
 		err = s.Write(context.Background(), detector.Batch{DeadLetters: []detector.DeadLetter{
-			{Value: []byte("small")}, {Value: make([]byte, 5000), Reason: features.ReasonTooLarge}}})
+			{Value: []byte("small")}, {Value: make([]byte, MinDeadLetterBytes+1), Reason: features.ReasonTooLarge}}})
 		if !errors.Is(err, detector.ErrPermanent) || !strings.Contains(err.Error(), "max_message_bytes") {
 			t.Errorf("Write: %v; want a permanent error naming max_message_bytes", err)
 		}
@@ -546,6 +579,18 @@ func TestConfigValidate(t *testing.T) {
 		if err := cfg.Validate(); err != nil {
 			t.Errorf("defaults: %v", err)
 		}
+	}
+	// Dead letters need room for the largest one.
+	dl := DefaultDeadLettersConfig()
+	if err := dl.ValidateDeadLetters(); err != nil {
+		t.Errorf("dead-letter defaults: %v", err)
+	}
+	dl.MaxMessageBytes = MinDeadLetterBytes - 1
+	if err := dl.ValidateDeadLetters(); !errors.As(err, new(*detector.ConfigError)) || !strings.Contains(err.Error(), "max_message_bytes") {
+		t.Errorf("dead letters with max_message_bytes %d: %v", dl.MaxMessageBytes, err)
+	}
+	if _, err := NewDeadLetters(context.Background(), runtimeConfig("127.0.0.1:1"), dl, nil); !errors.As(err, new(*detector.ConfigError)) {
+		t.Errorf("NewDeadLetters with max_message_bytes %d: %v", dl.MaxMessageBytes, err)
 	}
 	cfg := DefaultRevocationsConfig()
 	cfg.Topic = eventsTopic

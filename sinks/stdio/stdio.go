@@ -41,8 +41,15 @@ func (s *Sink) Write(_ context.Context, b detector.Batch) error {
 	if len(b.DeadLetters) > 0 && s.err != nil {
 		s.buf.Reset()
 		for _, d := range b.DeadLetters {
-			fmt.Fprintf(&s.buf, "dead-letter topic=%s partition=%d offset=%d reason=%s key=%s detail=%s\n",
-				d.Topic, d.Partition, d.Offset, d.Reason, strconv.Quote(string(d.Key)), strconv.Quote(d.Detail))
+			// Bounded: the detector cuts a dead letter's key and detail
+			// (detector.NewDeadLetter); the value is not printed.
+			size, sum := d.ValueDigest()
+			fmt.Fprintf(&s.buf, "dead-letter topic=%s partition=%d offset=%d reason=%s key=%s value_size=%d value_sha256=%x",
+				d.Topic, d.Partition, d.Offset, d.Reason, strconv.Quote(string(d.Key)), size, sum)
+			if d.Truncated() {
+				s.buf.WriteString(" truncated=true")
+			}
+			fmt.Fprintf(&s.buf, " detail=%s\n", strconv.Quote(d.Detail))
 		}
 		if _, err := s.err.Write(s.buf.Bytes()); err != nil {
 			return writeErr("dead letters", err)

@@ -29,7 +29,7 @@ func TestWritesAlertsAndDeadLetters(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &a); err != nil || a["alert_id"] != "a1" || a["severity"] != "critical" {
 		t.Errorf("alert line %q: %v", out.String(), err)
 	}
-	if want := `dead-letter topic=agent-events partition=2 offset=7 reason=bad_json key="k" detail="malformed \"JSON\""` + "\n"; errb.String() != want {
+	if want := `dead-letter topic=agent-events partition=2 offset=7 reason=bad_json key="k" value_size=0 value_sha256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 detail="malformed \"JSON\""` + "\n"; errb.String() != want {
 		t.Errorf("dead letter line\n got %q\nwant %q", errb.String(), want)
 	}
 }
