@@ -172,7 +172,7 @@ func (p *Pipeline) dropAhead(a *agent, s int) {
 	p.stats.Ahead++
 	c := p.scratch(1)
 	c.a, c.v = a, a.win[s].Vector(p.size)
-	p.model.Evaluate(&c.v, &a.base, &a.class.base, &c.res)
+	p.evaluate(c)
 	p.model.Finish(&c.res)
 	a.open[s] = false
 	if sev := p.cfg.Policy.Severity(c.res.Score, 1); sev >= p.cfg.Policy.MinSeverity {

@@ -26,6 +26,14 @@ type Config struct {
 	// stamps are rejected as "future". Used only where a trusted time is
 	// known (vigil run), not by replay.
 	MaxClockSkew time.Duration `yaml:"max_clock_skew"`
+	// MaxNewAgents bounds the agents a partition holds in memory without
+	// an hour of history (WarmWindows): beyond it, a new identity's events
+	// are dead letters "identity_limit" and counted into the hour's
+	// identity_flood alert.
+	MaxNewAgents int `yaml:"max_new_agents"`
+	// MaxClasses bounds a partition's peer groups: beyond it, a new agent
+	// claiming an unknown group joins the overflow group.
+	MaxClasses int `yaml:"max_classes"`
 	// DedupHorizon is how long (event time) an event_id is remembered.
 	DedupHorizon time.Duration `yaml:"dedup_horizon"`
 	// DedupCapacity bounds remembered ids per half-horizon generation.
@@ -72,6 +80,8 @@ func DefaultConfig() Config {
 	return Config{
 		AllowedLateness: time.Minute,
 		MaxClockSkew:    10 * time.Minute,
+		MaxNewAgents:    10000,
+		MaxClasses:      1000,
 		DedupHorizon:    time.Hour,
 		DedupCapacity:   1 << 18,
 		AgentSeenSlots:  128,
@@ -98,6 +108,10 @@ func (c Config) Validate() error {
 	switch {
 	case c.AllowedLateness < 0 || c.AllowedLateness >= c.Model.WindowSize:
 		return &ConfigError{"allowed_lateness", fmt.Sprintf("%v: want ≥ 0 and below the window size %v", c.AllowedLateness, c.Model.WindowSize)}
+	case c.MaxNewAgents < 1:
+		return &ConfigError{"max_new_agents", "want ≥ 1"}
+	case c.MaxClasses < 3:
+		return &ConfigError{"max_classes", "want ≥ 3"}
 	case c.MaxClockSkew < 0:
 		return &ConfigError{"max_clock_skew", "must be ≥ 0"}
 	case c.EvictAfter != 0 && c.EvictAfter < 2*c.Model.WindowSize:

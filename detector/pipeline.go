@@ -21,25 +21,27 @@ const ReasonLate features.Reason = "late"
 
 // Stats counts what a Pipeline did. All counts are cumulative.
 type Stats struct {
-	Events      int64                     // accepted into a window
-	Duplicates  int64                     // dropped as redelivered (same event_id)
-	Late        int64                     // rejected: window already closed
-	Future      int64                     // rejected: stamped ahead of the trusted time (ErrFuture)
-	KeyMismatch int64                     // rejected: Kafka key is not the agent_id (ErrKeyMismatch)
-	Ahead       int64                     // windows far ahead of the partition's watermark, scored but not learned (see dropAhead)
-	Invalid     map[features.Reason]int64 // rejected by the decoder, by reason
-	Windows     int64                     // agent windows closed
-	ColdWindows int64                     // closed but not scored (cold start)
-	Alerts      map[Severity]int64        // alerts emitted, by severity
-	Early       int64                     // alerts emitted before their window closed
-	Agents      int                       // agents known (in memory and evicted)
-	Evicted     int                       // agents evicted from memory (see Evict)
-	Reloads     int64                     // evicted agents reloaded by their next event
-	ReloadErrs  int64                     // evicted agents that could not be reloaded (they start cold)
-	Classes     int                       // peer groups known
-	FirstTS     int64                     // earliest event time seen
-	MaxTS       int64                     // newest event time seen (not the watermark: see Watermark)
-	Watermark   int64                     // the quorum's event time: windows up to it less the allowed lateness are closed
+	Events        int64                     // accepted into a window
+	Duplicates    int64                     // dropped as redelivered (same event_id)
+	Late          int64                     // rejected: window already closed
+	Future        int64                     // rejected: stamped ahead of the trusted time (ErrFuture)
+	KeyMismatch   int64                     // rejected: Kafka key is not the agent_id (ErrKeyMismatch)
+	IdentityLimit int64                     // rejected: a new identity while MaxNewAgents are held (ErrIdentityLimit)
+	Folded        int64                     // alerts on identities without a baseline folded into identity_flood alerts
+	Ahead         int64                     // windows far ahead of the partition's watermark, scored but not learned (see dropAhead)
+	Invalid       map[features.Reason]int64 // rejected by the decoder, by reason
+	Windows       int64                     // agent windows closed
+	ColdWindows   int64                     // closed but not scored (cold start)
+	Alerts        map[Severity]int64        // alerts emitted, by severity
+	Early         int64                     // alerts emitted before their window closed
+	Agents        int                       // agents known (in memory and evicted)
+	Evicted       int                       // agents evicted from memory (see Evict)
+	Reloads       int64                     // evicted agents reloaded by their next event
+	ReloadErrs    int64                     // evicted agents that could not be reloaded (they start cold)
+	Classes       int                       // peer groups known
+	FirstTS       int64                     // earliest event time seen
+	MaxTS         int64                     // newest event time seen (not the watermark: see Watermark)
+	Watermark     int64                     // the quorum's event time: windows up to it less the allowed lateness are closed
 }
 
 // agent is the state of one agent. It is owned by one Pipeline.
@@ -122,6 +124,7 @@ type Pipeline struct {
 	skew              int64  // allowed clock skew ahead of the trusted time
 	key               []byte // the current message's Kafka key (ProcessMessage)
 	checkKey          bool
+	ids               identities
 	batch             []closing
 	freeWins          []*[2]features.Window
 	classBuf          []byte
@@ -228,7 +231,10 @@ func (p *Pipeline) Process(raw []byte) error {
 		p.stats.Late++
 		return ErrLate
 	}
-	a := p.agent(e)
+	a, err := p.agent(e)
+	if err != nil {
+		return err
+	}
 	s := int(idx & 1)
 	if a.win != nil && a.open[s] && a.win[s].Index > idx && p.ahead(a.win[s].Index) {
 		p.dropAhead(a, s) // one event far ahead of the partition must not blind its agent
@@ -299,14 +305,19 @@ func (p *Pipeline) Process(raw []byte) error {
 	return nil
 }
 
-func (p *Pipeline) agent(e *features.Event) *agent {
+func (p *Pipeline) agent(e *features.Event) (*agent, error) {
 	if a, ok := p.agents[string(e.AgentID)]; ok {
-		return a
+		return a, nil
 	}
 	if p.store != nil && p.store.Len() > 0 {
 		if a := p.reload(string(e.AgentID)); a != nil {
-			return a
+			return a, nil
 		}
+	}
+	if p.ids.newAgents >= p.cfg.MaxNewAgents {
+		p.stats.IdentityLimit++
+		p.fold(time.Unix(0, p.trustedAt(e.TS)))
+		return nil, ErrIdentityLimit
 	}
 	name := e.AgentClass
 	if len(name) == 0 {
@@ -315,12 +326,20 @@ func (p *Pipeline) agent(e *features.Event) *agent {
 	}
 	c, ok := p.classes[string(name)]
 	if !ok {
-		c = &class{name: string(name), seen: features.NewSeenSet(p.cfg.PeerSeenSlots)}
-		p.classes[c.name] = c
+		if len(p.classes) >= p.cfg.MaxClasses {
+			name = []byte(overflowClass)
+			c, ok = p.classes[overflowClass]
+		}
+		if !ok {
+			c = &class{name: string(name), seen: features.NewSeenSet(p.cfg.PeerSeenSlots)}
+			p.classes[c.name] = c
+		}
 	}
 	a := &agent{id: string(e.AgentID), class: c, seen: features.NewSeenSet(p.cfg.AgentSeenSlots), lastIdx: -1 << 62}
 	p.agents[a.id] = a
-	return a
+	p.ids.newAgents++
+	p.newIdentity(a, e, !ok)
+	return a, nil
 }
 
 // SetStore enables eviction (see Evict) with s holding the evicted agents.
@@ -347,6 +366,9 @@ func (p *Pipeline) Evict(before int64) (int, error) {
 			return n, err
 		}
 		delete(p.agents, id)
+		if int(a.base.Windows) < p.cfg.Model.WarmWindows {
+			p.ids.newAgents--
+		}
 		n++
 	}
 	return n, nil
@@ -456,7 +478,7 @@ func (p *Pipeline) early(a *agent, s int, ts int64) {
 	}
 	c := p.scratch(1)
 	c.a, c.v = a, w.Vector(p.size)
-	p.model.Evaluate(&c.v, &a.base, &a.class.base, &c.res)
+	p.evaluate(c)
 	p.model.Finish(&c.res)
 	if c.res.Score < p.cfg.Policy.CriticalScore {
 		return
@@ -522,7 +544,7 @@ func (p *Pipeline) closeIndex(idx int64) {
 		c := p.scratch(len(p.batch) + 1)
 		c.a, c.v = a, a.win[s].Vector(p.size)
 		p.model.CatchUp(c.v.Index, &a.base, &a.class.base)
-		p.model.Evaluate(&c.v, &a.base, &a.class.base, &c.res)
+		p.evaluate(c)
 		a.open[s] = false
 	}
 	p.corroborate(p.batch)
@@ -558,7 +580,7 @@ func (p *Pipeline) closeOne(a *agent, s int) {
 	c := p.scratch(1)
 	c.a, c.v = a, a.win[s].Vector(p.size)
 	p.model.CatchUp(c.v.Index, &a.base, &a.class.base)
-	p.model.Evaluate(&c.v, &a.base, &a.class.base, &c.res)
+	p.evaluate(c)
 	a.open[s] = false
 	p.decide(c, c.v.Index)
 	p.release(a)
@@ -673,7 +695,9 @@ func (p *Pipeline) decide(c *closing, idx int64) {
 	p.model.Learn(&c.v, &c.res, &a.base, &a.class.base, w)
 	if cold && int(a.base.Windows) >= p.cfg.Model.WarmWindows {
 		p.warm.agents++ // the agent's clock counts towards the watermark from now on
+		p.ids.newAgents--
 	}
+	p.learnFleet(a, &c.v, w)
 }
 
 // alert emits one alert for c unless one of the same kind was already emitted
@@ -687,10 +711,6 @@ func (p *Pipeline) alert(c *closing, sev Severity, at int64, early bool) {
 		return
 	}
 	w.Flags |= bit
-	if early {
-		p.stats.Early++
-	}
-	p.stats.Alerts[sev]++
 	al := &Alert{
 		AlertID: AlertID(c.a.id, c.v.Start, kind), AgentID: c.a.id, AgentClass: c.a.class.name,
 		WindowStart: time.Unix(0, c.v.Start).UTC(), WindowEnd: time.Unix(0, c.v.End).UTC(),
@@ -700,6 +720,15 @@ func (p *Pipeline) alert(c *closing, sev Severity, at int64, early bool) {
 		Baseline: Baseline{Source: c.res.Source, Windows: c.res.Windows},
 	}
 	al.Credentials, al.OtherCredentials = p.alertCreds(c.a, c.v.Index)
+	// An identity without a baseline of its own is judged by its group's
+	// or the fleet's: a burst of them (made-up ids) is one flood alert.
+	if c.res.Source != models.SourceAgent && !p.identityAlert(al) {
+		return
+	}
+	if early {
+		p.stats.Early++
+	}
+	p.stats.Alerts[sev]++
 	if p.onAlert != nil {
 		p.onAlert(al)
 	}

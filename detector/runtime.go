@@ -31,6 +31,9 @@ func rejectReason(err error) features.Reason {
 	if errors.Is(err, ErrKeyMismatch) {
 		return ReasonKeyMismatch
 	}
+	if errors.Is(err, ErrIdentityLimit) {
+		return ReasonIdentityLimit
+	}
 	var fe *features.FieldError
 	if errors.As(err, &fe) && fe.Reason != "" {
 		return fe.Reason

@@ -218,6 +218,9 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 	if !ok {
 		a = &agent{id: id}
 		p.agents[id] = a
+		if int(base.Windows) < p.cfg.Model.WarmWindows {
+			p.ids.newAgents++
+		}
 	}
 	a.class, a.seen, a.base, a.probes, a.origins = c, seen, base, probes, origins
 	a.persist, a.lastIdx = int32(min(persist, math.MaxInt32)), lastIdx
