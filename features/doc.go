@@ -11,6 +11,13 @@
 // decide what is anomalous (that is package models) and it does not own the
 // watermark or the set of agents (that is package detector).
 //
+// Identity fields (event_id, agent_id, agent_class, target_id,
+// credential_id) become agent keys, alert labels and ClickHouse values, so
+// Decode holds them to more than the JSON contract (ReasonBadID): at most
+// MaxIDLen (512) bytes, no white space at either end, and no control,
+// format (zero-width, bidi), line or paragraph separator characters, nor
+// U+FFFD; event_id, agent_id and target_id must not be empty.
+//
 // The hot path (Decoder.Decode, Dedup.Seen, Observe, Window.Add) does not
 // allocate in steady state: decoded strings are views into the input line or
 // into the decoder's scratch buffer and are valid until the next Decode.

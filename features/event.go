@@ -1,11 +1,13 @@
 package features
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 	"unsafe"
 )
@@ -26,6 +28,11 @@ const (
 	ReasonBadValue     Reason = "bad_value"
 	ReasonBadTimestamp Reason = "bad_timestamp"
 	ReasonTooLarge     Reason = "too_large"
+	// ReasonBadID: an identity field (event_id, agent_id, agent_class,
+	// target_id, credential_id) is empty where required, longer than
+	// MaxIDLen, or holds a character that would let two ids that print
+	// alike be different agents (see Decoder.Decode).
+	ReasonBadID Reason = "bad_id"
 )
 
 // FieldError describes why an event is invalid. Field is empty when the error
@@ -129,6 +136,12 @@ type Event struct {
 	HasSig       bool
 }
 
+// MaxIDLen bounds the identity fields (event_id, agent_id, agent_class,
+// target_id, credential_id), in bytes after unescaping: they become alert
+// labels, state-topic keys and ClickHouse values. Longer ones are rejected
+// with ReasonBadID.
+const MaxIDLen = 512
+
 // MaxEventSize bounds one encoded event. Larger inputs are rejected with
 // ReasonTooLarge before any parsing.
 const MaxEventSize = 64 << 10
@@ -136,10 +149,11 @@ const MaxEventSize = 64 << 10
 // Decoder decodes contract v1 events. The zero value is ready to use. A
 // Decoder is not safe for concurrent use; give each goroutine its own.
 type Decoder struct {
-	scratch []byte
-	buf     []byte
-	pos     int
-	seen    uint32 // bit set of required fields present
+	scratch   []byte
+	buf       []byte
+	pos       int
+	seen      uint32 // bit set of required fields present
+	printable bool   // set by str
 }
 
 const (
@@ -161,7 +175,16 @@ var requiredNames = [...]struct {
 }
 
 // Decode parses one JSON object in b into e, validating it against contract
-// v1. Unknown fields are skipped. On error e is left partially filled and the
+// v1. Unknown fields are skipped.
+//
+// The identity fields (event_id, agent_id, agent_class, target_id,
+// credential_id) are rejected with ReasonBadID, after unescaping, when they
+// are empty (event_id, agent_id, target_id; an empty optional one is
+// absent), longer than MaxIDLen bytes, start or end with white space, or hold
+// a control (Cc) or format (Cf: zero-width, bidi overrides, BOM) character,
+// a line or paragraph separator (Zl, Zp), U+FFFD (what a lone surrogate
+// escape decodes to) or invalid UTF-8: such ids print like other ids, so one
+// agent could pass for another or split itself into many. On error e is left partially filled and the
 // error wraps ErrInvalidEvent. b must not be modified until e is no longer
 // used.
 func (d *Decoder) Decode(b []byte, e *Event) error {
@@ -257,6 +280,8 @@ func (d *Decoder) trailer() error {
 // str reads a JSON string at d.pos and returns its unescaped bytes. Strings
 // without escapes are views into the input; others are unescaped into
 // d.scratch, whose capacity (≥ len(input)) guarantees it never reallocates.
+// It sets d.printable when the string is printable ASCII (' '..'~') written
+// without escapes.
 func (d *Decoder) str() ([]byte, error) {
 	if d.pos >= len(d.buf) || d.buf[d.pos] != '"' {
 		return nil, d.syntax("expected string")
@@ -265,7 +290,7 @@ func (d *Decoder) str() ([]byte, error) {
 	start := d.pos
 	b := d.buf
 	i := d.pos
-	hi := false
+	hi := false // a byte ≥ 0x7f
 	for {
 		// Plain printable ASCII, the common case, is one table lookup a byte.
 		for i < len(b) && plain[b[i]] {
@@ -282,14 +307,16 @@ func (d *Decoder) str() ([]byte, error) {
 			if hi && !utf8.Valid(s) {
 				return nil, d.syntax("invalid UTF-8 in string")
 			}
+			d.printable = !hi
 			return s, nil
 		case c == '\\':
 			d.pos = i
+			d.printable = false
 			return d.strEscaped(start)
 		case c < 0x20:
 			d.pos = i
 			return nil, d.syntax("control character in string")
-		default: // ≥ 0x80: validated once the string ends
+		default: // ≥ 0x7f: UTF-8 validated once the string ends
 			hi = true
 			i++
 		}
@@ -299,7 +326,7 @@ func (d *Decoder) str() ([]byte, error) {
 // plain marks the bytes a JSON string holds as themselves: printable ASCII
 // other than the quote and the backslash.
 var plain = func() (t [256]bool) {
-	for c := 0x20; c < 0x80; c++ {
+	for c := 0x20; c < 0x7f; c++ {
 		t[c] = c != '"' && c != '\\'
 	}
 	return t
@@ -422,13 +449,7 @@ func valueErr(field, msg string) error {
 
 func (d *Decoder) strField(name string, required bool) ([]byte, error) {
 	if d.pos < len(d.buf) && d.buf[d.pos] != '"' {
-		if !required && d.isNull() {
-			return nil, nil
-		}
-		if err := d.skip(); err != nil {
-			return nil, err
-		}
-		return nil, typeErr(name, "a string")
+		return nil, d.notString(name, required)
 	}
 	s, err := d.str()
 	if err != nil {
@@ -443,11 +464,113 @@ func (d *Decoder) strField(name string, required bool) ([]byte, error) {
 	return s, nil
 }
 
+// notString handles a string field whose value is not a string: null is
+// absent (nil error) if the field is optional, anything else a type error.
+func (d *Decoder) notString(name string, required bool) error {
+	if !required && d.isNull() {
+		return nil
+	}
+	if err := d.skip(); err != nil {
+		return err
+	}
+	return typeErr(name, "a string")
+}
+
+// idField reads an identity field: a string field that must also pass
+// checkID. An empty optional one is absent. An id str found printable only
+// needs its length and ends checked.
+func (d *Decoder) idField(name string, required bool) ([]byte, error) {
+	if d.pos < len(d.buf) && d.buf[d.pos] != '"' {
+		return nil, d.notString(name, required)
+	}
+	s, err := d.str()
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case len(s) == 0:
+		if required {
+			return nil, idErr(name, "must not be empty")
+		}
+	case !d.printable || len(s) > MaxIDLen || s[0] == ' ' || s[len(s)-1] == ' ':
+		if msg := checkID(s); msg != "" {
+			return nil, idErr(name, msg)
+		}
+	}
+	return s, nil
+}
+
+func idErr(field, msg string) error {
+	return &FieldError{Field: field, Reason: ReasonBadID, Msg: msg}
+}
+
+// checkID returns why the non-empty id s is not acceptable (see Decode), or
+// "" if it is. Printable ASCII, the common case, is checked eight bytes at a
+// time and never allocates; a word with any other byte goes to checkIDSlow.
+func checkID(s []byte) string {
+	if len(s) > MaxIDLen {
+		return "longer than " + strconv.Itoa(MaxIDLen) + " bytes"
+	}
+	if s[0] == ' ' || s[len(s)-1] == ' ' {
+		return "starts or ends with white space"
+	}
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		w := binary.LittleEndian.Uint64(s[i:])
+		// A byte below 0x20 borrows in w-0x20…: its high bit is set there
+		// but not in w. A byte of 0x7f carries into its high bit in w+1…;
+		// one of 0x80 or more has it set in w (the carry out of 0xff only
+		// reaches a byte above one already found). A borrow or carry can
+		// only flag bytes above a bad one, so the word is exact.
+		if ((w-0x20*ones)&^w|(w+ones)|w)&highs != 0 {
+			return checkIDSlow(s, i)
+		}
+	}
+	for ; i < len(s); i++ {
+		if c := s[i]; c-0x20 >= 0x7f-0x20 { // not ' '..'~'
+			return checkIDSlow(s, i)
+		}
+	}
+	return ""
+}
+
+// checkIDSlow checks s from s[i] on, s[:i] being printable ASCII.
+func checkIDSlow(s []byte, i int) string {
+	for i < len(s) {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c < 0x20 || c == 0x7f {
+				return fmt.Sprintf("control character %U at byte %d", c, i)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		switch {
+		case r == utf8.RuneError && size <= 1:
+			return fmt.Sprintf("invalid UTF-8 at byte %d", i)
+		case r == utf8.RuneError:
+			return fmt.Sprintf("replacement character %U at byte %d", r, i)
+		case unicode.Is(unicode.Cc, r):
+			return fmt.Sprintf("control character %U at byte %d", r, i)
+		case unicode.Is(unicode.Cf, r):
+			return fmt.Sprintf("format character %U at byte %d", r, i)
+		case unicode.In(r, unicode.Zl, unicode.Zp):
+			return fmt.Sprintf("line or paragraph separator %U at byte %d", r, i)
+		case (i == 0 || i+size == len(s)) && unicode.IsSpace(r):
+			return "starts or ends with white space"
+		}
+		i += size
+	}
+	return ""
+}
+
 func (d *Decoder) field(key []byte, e *Event) error {
 	var err error
 	switch string(key) { // no allocation: the compiler switches on the bytes
 	case "event_id":
-		e.EventID, err = d.strField("event_id", true)
+		e.EventID, err = d.idField("event_id", true)
 		d.seen |= reqEventID
 	case "ts":
 		var s []byte
@@ -463,12 +586,12 @@ func (d *Decoder) field(key []byte, e *Event) error {
 		}
 		d.seen |= reqTS
 	case "agent_id":
-		e.AgentID, err = d.strField("agent_id", true)
+		e.AgentID, err = d.idField("agent_id", true)
 		d.seen |= reqAgentID
 	case "agent_class":
-		e.AgentClass, err = d.strField("agent_class", false)
+		e.AgentClass, err = d.idField("agent_class", false)
 	case "target_id":
-		e.TargetID, err = d.strField("target_id", true)
+		e.TargetID, err = d.idField("target_id", true)
 		d.seen |= reqTargetID
 	case "action":
 		e.Action, err = d.strField("action", true)
@@ -489,7 +612,7 @@ func (d *Decoder) field(key []byte, e *Event) error {
 	case "resource":
 		e.Resource, err = d.strField("resource", false)
 	case "credential_id":
-		e.CredentialID, err = d.strField("credential_id", false)
+		e.CredentialID, err = d.idField("credential_id", false)
 	case "src_ip":
 		e.SrcIP, err = d.strField("src_ip", false)
 	case "sig_key":
