@@ -2,7 +2,8 @@
 // vectors.
 //
 // It holds event contract v1 (decode and validate, with precise errors), a
-// bounded duplicate filter keyed by event_id, bounded per-agent and per-class
+// bounded duplicate filter keyed by event_id (telling redeliveries from
+// reused ids by a hash of the content), bounded per-agent and per-class
 // "seen" sets for first-seen detection, and the per-agent event-time tumbling
 // window accumulators that produce one Vector per agent per window.
 //
@@ -18,7 +19,7 @@
 // format (zero-width, bidi), line or paragraph separator characters, nor
 // U+FFFD; event_id, agent_id and target_id must not be empty.
 //
-// The hot path (Decoder.Decode, Dedup.Seen, Observe, Window.Add) does not
+// The hot path (Decoder.Decode, Dedup.Check, Observe, Window.Add) does not
 // allocate in steady state: decoded strings are views into the input line or
 // into the decoder's scratch buffer and are valid until the next Decode.
 package features

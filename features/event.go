@@ -33,6 +33,9 @@ const (
 	// MaxIDLen, or holds a character that would let two ids that print
 	// alike be different agents (see Decoder.Decode).
 	ReasonBadID Reason = "bad_id"
+	// ReasonConflict is for the pipeline, never returned by Decode: the
+	// event_id was seen with different content (Dedup.Check says Conflict).
+	ReasonConflict Reason = "duplicate_conflict"
 )
 
 // FieldError describes why an event is invalid. Field is empty when the error
