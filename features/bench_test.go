@@ -115,11 +115,45 @@ func BenchmarkDedupSeen(b *testing.B) {
 	}
 }
 
+// BenchmarkDedupCheck: Check of a new id with the content hash of a typical
+// event (ContentHash included).
+func BenchmarkDedupCheck(b *testing.B) {
+	d := NewDedup(int64(time.Hour), 1<<16)
+	id := make([]byte, 0, 32)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		id = strconv.AppendInt(append(id[:0], "evt-"...), int64(i), 10)
+		d.Check(id, ContentHash(typicalEvent), t0+int64(i)*int64(time.Millisecond))
+		i++
+	}
+}
+
+// BenchmarkContentHash hashes a typical ~350-byte event.
+func BenchmarkContentHash(b *testing.B) {
+	b.SetBytes(int64(len(typicalEvent)))
+	b.ReportAllocs()
+	for b.Loop() {
+		ContentHash(typicalEvent)
+	}
+}
+
 func BenchmarkHash64(b *testing.B) {
 	in := []byte("spiffe://bank.example/agent/payments-bot-07")
 	b.SetBytes(int64(len(in)))
 	b.ReportAllocs()
 	for b.Loop() {
 		Hash64(in, 1)
+	}
+}
+
+// BenchmarkCheckID: the identity-field check Decode runs on a typical agent_id.
+func BenchmarkCheckID(b *testing.B) {
+	s := []byte("spiffe://bank.example/agent/payments-bot-07")
+	b.SetBytes(int64(len(s)))
+	for b.Loop() {
+		if checkID(s) != "" {
+			b.Fatal()
+		}
 	}
 }

@@ -26,6 +26,14 @@ const (
 	ReasonBadValue     Reason = "bad_value"
 	ReasonBadTimestamp Reason = "bad_timestamp"
 	ReasonTooLarge     Reason = "too_large"
+	// ReasonBadID: an identity field (event_id, agent_id, agent_class,
+	// target_id, credential_id) is empty where required, longer than
+	// MaxIDLen, or holds a character that would let two ids that print
+	// alike be different agents (see Decoder.Decode).
+	ReasonBadID Reason = "bad_id"
+	// ReasonConflict is for the pipeline, never returned by Decode: the
+	// event_id was seen with different content (Dedup.Check says Conflict).
+	ReasonConflict Reason = "duplicate_conflict"
 )
 
 // FieldError describes why an event is invalid. Field is empty when the error
@@ -129,6 +137,12 @@ type Event struct {
 	HasSig       bool
 }
 
+// MaxIDLen bounds the identity fields (event_id, agent_id, agent_class,
+// target_id, credential_id), in bytes after unescaping: they become alert
+// labels, state-topic keys and ClickHouse values. Longer ones are rejected
+// with ReasonBadID.
+const MaxIDLen = 512
+
 // MaxEventSize bounds one encoded event. Larger inputs are rejected with
 // ReasonTooLarge before any parsing.
 const MaxEventSize = 64 << 10
@@ -136,10 +150,11 @@ const MaxEventSize = 64 << 10
 // Decoder decodes contract v1 events. The zero value is ready to use. A
 // Decoder is not safe for concurrent use; give each goroutine its own.
 type Decoder struct {
-	scratch []byte
-	buf     []byte
-	pos     int
-	seen    uint32 // bit set of required fields present
+	scratch   []byte
+	buf       []byte
+	pos       int
+	seen      uint32 // bit set of required fields present
+	printable bool   // set by str
 }
 
 const (
@@ -161,7 +176,16 @@ var requiredNames = [...]struct {
 }
 
 // Decode parses one JSON object in b into e, validating it against contract
-// v1. Unknown fields are skipped. On error e is left partially filled and the
+// v1. Unknown fields are skipped.
+//
+// The identity fields (event_id, agent_id, agent_class, target_id,
+// credential_id) are rejected with ReasonBadID, after unescaping, when they
+// are empty (event_id, agent_id, target_id; an empty optional one is
+// absent), longer than MaxIDLen bytes, start or end with white space, or hold
+// a control (Cc) or format (Cf: zero-width, bidi overrides, BOM) character,
+// a line or paragraph separator (Zl, Zp), U+FFFD (what a lone surrogate
+// escape decodes to) or invalid UTF-8: such ids print like other ids, so one
+// agent could pass for another or split itself into many. On error e is left partially filled and the
 // error wraps ErrInvalidEvent. b must not be modified until e is no longer
 // used.
 func (d *Decoder) Decode(b []byte, e *Event) error {
@@ -257,6 +281,8 @@ func (d *Decoder) trailer() error {
 // str reads a JSON string at d.pos and returns its unescaped bytes. Strings
 // without escapes are views into the input; others are unescaped into
 // d.scratch, whose capacity (≥ len(input)) guarantees it never reallocates.
+// It sets d.printable when the string is printable ASCII (' '..'~') written
+// without escapes.
 func (d *Decoder) str() ([]byte, error) {
 	if d.pos >= len(d.buf) || d.buf[d.pos] != '"' {
 		return nil, d.syntax("expected string")
@@ -265,7 +291,7 @@ func (d *Decoder) str() ([]byte, error) {
 	start := d.pos
 	b := d.buf
 	i := d.pos
-	hi := false
+	hi := false // a byte ≥ 0x7f
 	for {
 		// Plain printable ASCII, the common case, is one table lookup a byte.
 		for i < len(b) && plain[b[i]] {
@@ -282,14 +308,16 @@ func (d *Decoder) str() ([]byte, error) {
 			if hi && !utf8.Valid(s) {
 				return nil, d.syntax("invalid UTF-8 in string")
 			}
+			d.printable = !hi
 			return s, nil
 		case c == '\\':
 			d.pos = i
+			d.printable = false
 			return d.strEscaped(start)
 		case c < 0x20:
 			d.pos = i
 			return nil, d.syntax("control character in string")
-		default: // ≥ 0x80: validated once the string ends
+		default: // ≥ 0x7f: UTF-8 validated once the string ends
 			hi = true
 			i++
 		}
@@ -299,7 +327,7 @@ func (d *Decoder) str() ([]byte, error) {
 // plain marks the bytes a JSON string holds as themselves: printable ASCII
 // other than the quote and the backslash.
 var plain = func() (t [256]bool) {
-	for c := 0x20; c < 0x80; c++ {
+	for c := 0x20; c < 0x7f; c++ {
 		t[c] = c != '"' && c != '\\'
 	}
 	return t
@@ -422,13 +450,7 @@ func valueErr(field, msg string) error {
 
 func (d *Decoder) strField(name string, required bool) ([]byte, error) {
 	if d.pos < len(d.buf) && d.buf[d.pos] != '"' {
-		if !required && d.isNull() {
-			return nil, nil
-		}
-		if err := d.skip(); err != nil {
-			return nil, err
-		}
-		return nil, typeErr(name, "a string")
+		return nil, d.notString(name, required)
 	}
 	s, err := d.str()
 	if err != nil {
@@ -443,11 +465,23 @@ func (d *Decoder) strField(name string, required bool) ([]byte, error) {
 	return s, nil
 }
 
+// notString handles a string field whose value is not a string: null is
+// absent (nil error) if the field is optional, anything else a type error.
+func (d *Decoder) notString(name string, required bool) error {
+	if !required && d.isNull() {
+		return nil
+	}
+	if err := d.skip(); err != nil {
+		return err
+	}
+	return typeErr(name, "a string")
+}
+
 func (d *Decoder) field(key []byte, e *Event) error {
 	var err error
 	switch string(key) { // no allocation: the compiler switches on the bytes
 	case "event_id":
-		e.EventID, err = d.strField("event_id", true)
+		e.EventID, err = d.idField("event_id", true)
 		d.seen |= reqEventID
 	case "ts":
 		var s []byte
@@ -463,12 +497,12 @@ func (d *Decoder) field(key []byte, e *Event) error {
 		}
 		d.seen |= reqTS
 	case "agent_id":
-		e.AgentID, err = d.strField("agent_id", true)
+		e.AgentID, err = d.idField("agent_id", true)
 		d.seen |= reqAgentID
 	case "agent_class":
-		e.AgentClass, err = d.strField("agent_class", false)
+		e.AgentClass, err = d.idField("agent_class", false)
 	case "target_id":
-		e.TargetID, err = d.strField("target_id", true)
+		e.TargetID, err = d.idField("target_id", true)
 		d.seen |= reqTargetID
 	case "action":
 		e.Action, err = d.strField("action", true)
@@ -489,7 +523,7 @@ func (d *Decoder) field(key []byte, e *Event) error {
 	case "resource":
 		e.Resource, err = d.strField("resource", false)
 	case "credential_id":
-		e.CredentialID, err = d.strField("credential_id", false)
+		e.CredentialID, err = d.idField("credential_id", false)
 	case "src_ip":
 		e.SrcIP, err = d.strField("src_ip", false)
 	case "sig_key":

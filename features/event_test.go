@@ -311,9 +311,9 @@ func invalidDecodeCases() []invalidCase {
 		badValue("data_class empty", "data_class", `""`),
 		badValue("status fine", "status", `"fine"`),
 		badValue("auth kerberos", "auth", `"kerberos"`),
-		badValue("empty event_id", "event_id", `""`),
-		badValue("empty agent_id", "agent_id", `""`),
-		badValue("empty target_id", "target_id", `""`),
+		invalidCase{"empty event_id", obj(with(min, "event_id", `""`)), "event_id", ReasonBadID, `field "event_id": must not be empty`},
+		invalidCase{"empty agent_id", obj(with(min, "agent_id", `""`)), "agent_id", ReasonBadID, ""},
+		invalidCase{"empty target_id", obj(with(min, "target_id", `""`)), "target_id", ReasonBadID, ""},
 		badValue("empty action", "action", `""`),
 		badValue("empty decision", "decision", `""`),
 		badValue("empty ts", "ts", `""`),
@@ -466,8 +466,8 @@ func TestDecodeReuse(t *testing.T) {
 	escaped := obj(with(with(with(with(minimalFields(),
 		"agent_id", `"spiffe:\/\/bank.example\/agent\/caf\u00e9-07"`),
 		`x\u005fkey`, `"unknown \"escaped\" value that also lands in scratch"`),
-		"target_id", `"tool:\ud83d\ude80\tlaunch"`),
-		"action", `"say \"hi\""`))
+		"target_id", `"tool:\ud83d\ude80 launch"`),
+		"action", `"say \"hi\"\tnow"`))
 	bigger := obj(with(with(fullFields(),
 		"resource", `"`+strings.Repeat(`\u00e9x`, 300)+`"`),
 		"event_id", `"id-\"2\""`))
@@ -508,10 +508,10 @@ func TestDecodeReuse(t *testing.T) {
 	if got := string(e.AgentID); got != "spiffe://bank.example/agent/café-07" {
 		t.Errorf("AgentID = %q", got)
 	}
-	if got := string(e.TargetID); got != "tool:🚀\tlaunch" {
+	if got := string(e.TargetID); got != "tool:🚀 launch" {
 		t.Errorf("TargetID = %q", got)
 	}
-	if got := string(e.Action); got != `say "hi"` {
+	if got := string(e.Action); got != "say \"hi\"\tnow" {
 		t.Errorf("Action = %q", got)
 	}
 }
@@ -833,5 +833,147 @@ func TestDaysFromCivil(t *testing.T) {
 	}
 	if msg := check(0); msg != "" {
 		t.Fatalf("%s", msg)
+	}
+}
+
+// TestDecodeBadID (issue 17 item 4): identity fields with characters that
+// make distinct ids print alike — controls, zero-width and bidi format
+// characters, separators, white space at either end, U+FFFD — or longer than
+// MaxIDLen are rejected with ReasonBadID naming the field, whether the
+// character is written raw or as a \u escape.
+func TestDecodeBadID(t *testing.T) {
+	// raw: the character written as itself ("" where JSON does not allow
+	// that: raw controls below U+0020 are malformed JSON, bad_json).
+	bad := []struct{ name, raw, esc string }{
+		{"NUL", "", `\u0000`},
+		{"tab", "", `\t`},
+		{"newline", "", `\n`},
+		{"escape", "", `\u001b`},
+		{"DEL", "\x7f", `\u007f`},
+		{"C1 NEL", "\u0085", `\u0085`},
+		{"C1 CSI", "\u009b", `\u009B`},
+		{"soft hyphen", "\u00ad", `\u00ad`},
+		{"Arabic letter mark", "\u061c", `\u061c`},
+		{"zero-width space", "\u200b", `\u200b`},
+		{"zero-width non-joiner", "\u200c", `\u200c`},
+		{"zero-width joiner", "\u200d", `\u200d`},
+		{"left-to-right mark", "\u200e", `\u200e`},
+		{"right-to-left mark", "\u200f", `\u200f`},
+		{"LRE", "\u202a", `\u202a`},
+		{"RLO", "\u202e", `\u202E`},
+		{"word joiner", "\u2060", `\u2060`},
+		{"LRI", "\u2066", `\u2066`},
+		{"PDI", "\u2069", `\u2069`},
+		{"BOM", "\ufeff", `\ufeff`},
+		{"interlinear annotation", "\ufff9", `\ufff9`},
+		{"tag A", "\U000E0041", `\udb40\udc41`},
+		{"line separator", "\u2028", `\u2028`},
+		{"paragraph separator", "\u2029", `\u2029`},
+		{"replacement character", "\ufffd", `\ufffd`},
+		{"lone surrogate", "", `\ud800`},
+	}
+	edge := []struct{ name, v string }{
+		{"leading space", ` agent-1`},
+		{"trailing space", `agent-1 `},
+		{"only a space", ` `},
+		{"leading no-break space", "\u00a0agent-1"},
+		{"trailing ideographic space", "agent-1\u3000"},
+		{"leading em space, escaped", `\u2003agent-1`},
+		{"trailing space, escaped", `agent-1\u0020`},
+		{"too long", strings.Repeat("a", MaxIDLen+1)},
+		{"too long once unescaped", strings.Repeat("é", MaxIDLen/2) + "x"},
+	}
+	for _, field := range []string{"event_id", "agent_id", "agent_class", "target_id", "credential_id"} {
+		check := func(t *testing.T, v string) {
+			t.Helper()
+			var d Decoder
+			var e Event
+			in := obj(with(fullFields(), field, `"`+v+`"`))
+			err := d.Decode([]byte(in), &e)
+			if err == nil {
+				t.Fatalf("Decode accepted %s %q", field, v)
+			}
+			checkFieldError(t, err, field, ReasonBadID, "")
+		}
+		t.Run(field, func(t *testing.T) {
+			for _, c := range bad {
+				for _, at := range []struct{ name, pre, post string }{
+					{"inside", "agent-", "-1"}, {"leading", "", "agent-1"}, {"trailing", "agent-1", ""},
+				} {
+					if c.raw != "" {
+						t.Run(c.name+"/raw/"+at.name, func(t *testing.T) { check(t, at.pre+c.raw+at.post) })
+					}
+					t.Run(c.name+"/escaped/"+at.name, func(t *testing.T) { check(t, at.pre+c.esc+at.post) })
+				}
+			}
+			for _, c := range edge {
+				t.Run(c.name, func(t *testing.T) { check(t, c.v) })
+			}
+		})
+	}
+
+	// What stays valid: spaces inside, non-ASCII letters, marks and symbols,
+	// and ids of exactly MaxIDLen bytes.
+	for _, v := range []string{
+		"payments bot 07", "café-bot", "e\u0301-combining", "東京-agent", "tool:🚀 launch", "a\u00a0b",
+		strings.Repeat("a", MaxIDLen), strings.Repeat("é", MaxIDLen/2), "x",
+	} {
+		t.Run(fmt.Sprintf("valid %.40q", v), func(t *testing.T) {
+			for _, field := range []string{"event_id", "agent_id", "agent_class", "target_id", "credential_id"} {
+				var d Decoder
+				var e Event
+				if err := d.Decode([]byte(obj(with(fullFields(), field, `"`+v+`"`))), &e); err != nil {
+					t.Errorf("%s %q: %v", field, v, err)
+				}
+			}
+		})
+	}
+	// Invalid UTF-8 is malformed input wherever it is (bad_json); an empty
+	// optional id is absent.
+	t.Run("invalid UTF-8", func(t *testing.T) {
+		var d Decoder
+		var e Event
+		err := d.Decode([]byte(obj(with(fullFields(), "agent_id", "\"agent-\xff\""))), &e)
+		checkFieldError(t, err, "", ReasonBadJSON, "")
+	})
+	t.Run("empty optional ids are absent", func(t *testing.T) {
+		var d Decoder
+		var e Event
+		if err := d.Decode([]byte(obj(append(minimalFields(), kv{"credential_id", `""`}, kv{"agent_class", `""`}))), &e); err != nil {
+			t.Fatal(err)
+		}
+		if len(e.CredentialID) != 0 || len(e.AgentClass) != 0 {
+			t.Errorf("credential_id %q agent_class %q", e.CredentialID, e.AgentClass)
+		}
+	})
+	t.Run("message", func(t *testing.T) {
+		var d Decoder
+		var e Event
+		err := d.Decode([]byte(obj(with(minimalFields(), "agent_id", `"bot-\u202e70-tob"`))), &e)
+		checkFieldError(t, err, "agent_id", ReasonBadID, `field "agent_id": format character U+202E at byte 4`)
+	})
+}
+
+// TestCheckIDWordAtATime: checkID's eight-bytes-at-a-time test agrees with
+// a byte-by-byte one for every byte value at every position of ids of 1 to
+// 17 bytes (whole words, a tail, both).
+func TestCheckIDWordAtATime(t *testing.T) {
+	for n := 1; n <= 17; n++ {
+		for pos := 0; pos < n; pos++ {
+			for c := 0; c < 256; c++ {
+				s := make([]byte, n)
+				for i := range s {
+					s[i] = 'a'
+				}
+				s[pos] = byte(c)
+				want := c >= 0x20 && c < 0x7f && !(c == ' ' && (pos == 0 || pos == n-1))
+				if c >= 0x80 {
+					want = false // a lone byte ≥ 0x80 is invalid UTF-8
+				}
+				if got := checkID(s) == ""; got != want {
+					t.Fatalf("%q: got ok=%v", s, got)
+				}
+			}
+		}
 	}
 }

@@ -16,8 +16,8 @@ import (
 //     just decoded something else gives the same result;
 //   - an error wraps ErrInvalidEvent and carries a FieldError with a known
 //     reason;
-//   - on success every required field is present and non-empty, the enums are
-//     in range and ts is within years 2000–2199;
+//   - on success every required field is present and non-empty, every id
+//     passes checkID, the enums are in range and ts is within years 2000–2199;
 //   - on success, when the input is valid JSON, encoding/json reads the same
 //     contract fields (string fields byte for byte, numbers, enums, attested,
 //     and ts whenever time.Parse accepts it).
@@ -63,7 +63,7 @@ func FuzzDecode(f *testing.F) {
 				if fe.Field != "" {
 					t.Fatalf("%s error names field %q", fe.Reason, fe.Field)
 				}
-			case ReasonMissingField, ReasonBadType, ReasonBadValue, ReasonBadTimestamp:
+			case ReasonMissingField, ReasonBadType, ReasonBadValue, ReasonBadTimestamp, ReasonBadID:
 				if fe.Field == "" {
 					t.Fatalf("%s error names no field: %v", fe.Reason, err)
 				}
@@ -78,6 +78,11 @@ func FuzzDecode(f *testing.F) {
 		}
 		if got.EventID == "" || got.AgentID == "" || got.TargetID == "" || got.Action == "" {
 			t.Fatalf("accepted with an empty required field: %+v", got)
+		}
+		for _, id := range [...][]byte{e.EventID, e.AgentID, e.AgentClass, e.TargetID, e.CredentialID} {
+			if len(id) > 0 && checkID(id) != "" {
+				t.Fatalf("accepted id %q: %s", id, checkID(id))
+			}
 		}
 		if got.Decision != Allow && got.Decision != Deny {
 			t.Fatalf("accepted with decision %d", got.Decision)
