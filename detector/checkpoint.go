@@ -105,15 +105,17 @@ func appendDedupKey(dst []byte, gen uint64, n int) []byte {
 // term (uint64) and the sequence number (uvarint) of its checkpoint, then the
 // payload, whose first byte says what it is: an agent ('A') or peer-group
 // ('C') snapshot, a piece of the duplicate filter ('D': generation and piece
-// number (uvarints), then 8-byte hashes), or the marker ('M').
+// number (uvarints), then the filter's encoding of its ids: id and content
+// hashes, see features.AppendHashes), or the marker ('M').
 const (
 	envelopeMagic   = 'v'
 	envelopeVersion = 1
 	dedupMagic      = 'D'
 	markerMagic     = 'M'
 	markerVersion   = 2 // 2 adds the revocation policy's state
-	// dedupPiece bounds the ids in one piece of the duplicate filter
-	// (512 KiB, far below Kafka's default 1 MiB message limit).
+	// 8·dedupPiece bytes bound one piece of the duplicate filter (512 KiB,
+	// far below Kafka's default 1 MiB message limit; a multiple of the
+	// filter's 16 bytes an id).
 	dedupPiece = 64 << 10
 )
 

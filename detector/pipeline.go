@@ -221,9 +221,15 @@ func (p *Pipeline) Process(raw []byte) error {
 		p.stats.KeyMismatch++
 		return ErrKeyMismatch
 	}
-	if p.dedup.Seen(e.EventID, e.TS) {
+	switch p.dedup.Check(e.EventID, features.ContentHash(raw), e.TS) {
+	case features.Duplicate:
 		p.stats.Duplicates++
 		return nil
+	case features.Conflict:
+		// The same event_id with other content is not a redelivery: a
+		// reused id must not make a real event vanish.
+		p.stats.Invalid[features.ReasonConflict]++
+		return &features.FieldError{Field: "event_id", Reason: features.ReasonConflict, Msg: "event_id already seen with different content"}
 	}
 	p.changed = true
 	idx := features.WindowIndex(e.TS, p.size)

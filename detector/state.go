@@ -445,7 +445,7 @@ func (p *Pipeline) RestorePartitionState(data []byte) error {
 	return nil
 }
 
-// AppendDedupGeneration appends the ids (8-byte hashes) of the duplicate
+// AppendDedupGeneration appends the ids (id and content hashes) of the duplicate
 // filter's current generation, or of the previous one.
 func (p *Pipeline) AppendDedupGeneration(dst []byte, previous bool) []byte {
 	return p.dedup.AppendGeneration(dst, previous)
