@@ -116,10 +116,7 @@ func (p *Pipeline) identityAlert(al *Alert) bool {
 		return true // shown only at min_severity info, never limited: printing must not change detection
 	}
 	id := &p.ids
-	hour := al.DetectedAt.UnixNano() / int64(time.Hour)
-	if hour != id.hour {
-		*id = identities{newAgents: id.newAgents, hour: hour}
-	}
+	id.roll(al.DetectedAt)
 	if id.emitted < identityBurst {
 		id.emitted++
 		return true
@@ -133,10 +130,8 @@ func (p *Pipeline) identityAlert(al *Alert) bool {
 // reaches a power of two.
 func (p *Pipeline) fold(at time.Time) {
 	id := &p.ids
-	hour := at.UnixNano() / int64(time.Hour)
-	if hour != id.hour {
-		*id = identities{newAgents: id.newAgents, hour: hour}
-	}
+	id.roll(at)
+	hour := id.hour
 	id.folded++
 	p.stats.Folded++
 	if id.folded&(id.folded-1) != 0 {
@@ -187,4 +182,13 @@ func (p *Pipeline) newIdentity(a *agent, e *features.Event, newGroup bool) {
 // watermark: before that every identity and group is new to it.
 func (p *Pipeline) mature() bool {
 	return p.started && p.warm.agents > 0 && p.watermark()-p.stats.FirstTS >= int64(24*time.Hour)
+}
+
+// roll starts a new hour's counts when at is in a later hour (times from
+// different windows arrive out of order: an earlier one counts in the
+// current hour).
+func (id *identities) roll(at time.Time) {
+	if hour := at.UnixNano() / int64(time.Hour); hour > id.hour {
+		*id = identities{newAgents: id.newAgents, hour: hour}
+	}
 }
