@@ -32,7 +32,7 @@ func TestEvictionIsInvisible(t *testing.T) {
 	}
 	defer sp.Close()
 	ev.SetStore(sp)
-	evicted, maxHeld := 0, 0
+	evicted, maxHeld, maxClasses := 0, 0, 0
 	for i, l := range lines {
 		whole.Process(l)
 		ev.Process(l)
@@ -43,7 +43,8 @@ func TestEvictionIsInvisible(t *testing.T) {
 				t.Fatal(err)
 			}
 			evicted += n
-			maxHeld = max(maxHeld, sp.Len())
+			maxHeld = max(maxHeld, sp.Len()-ev.evictedClasses)
+			maxClasses = max(maxClasses, ev.evictedClasses)
 			// A full checkpoint sees every agent, evicted or not, with
 			// the same snapshot the uninterrupted pipeline would write.
 			if i%20000 == 19999 {
@@ -58,6 +59,18 @@ func TestEvictionIsInvisible(t *testing.T) {
 						t.Fatalf("line %d: agent %s: snapshot differs after eviction", i, id)
 					}
 				}
+				// So does it every peer group, evicted ones included.
+				names := slices.Sorted(slices.Values(ev.ClassNames(nil)))
+				if wantNames := slices.Sorted(slices.Values(whole.ClassNames(nil))); !slices.Equal(names, wantNames) {
+					t.Fatalf("line %d: peer groups %q, want %q", i, names, wantNames)
+				}
+				for _, name := range names {
+					a, _ := ev.AppendClassState(nil, name)
+					b, _ := whole.AppendClassState(nil, name)
+					if !bytes.Equal(a, b) {
+						t.Fatalf("line %d: peer group %s: snapshot differs after eviction", i, name)
+					}
+				}
 			}
 		}
 	}
@@ -65,6 +78,10 @@ func TestEvictionIsInvisible(t *testing.T) {
 	ev.Flush()
 	st := ev.Stats()
 	t.Logf("%d lines: %d evictions, up to %d agents evicted at once, %d reloads, %d alerts", len(lines), evicted, maxHeld, st.Reloads, len(got))
+	t.Logf("up to %d peer groups evicted at once", maxClasses)
+	if maxClasses == 0 {
+		t.Error("no peer group was evicted: the scenario must evict groups whose agents are all idle")
+	}
 	if evicted == 0 || st.Reloads == 0 || st.ReloadErrs != 0 {
 		t.Fatalf("evictions %d, reloads %d, reload errors %d: the scenario must evict and reload agents", evicted, st.Reloads, st.ReloadErrs)
 	}

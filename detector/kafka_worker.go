@@ -314,7 +314,7 @@ func (w *worker) gauges() {
 	}
 	w.r.m.agents.WithLabelValues(id).Set(float64(len(w.ps.p.agents)))
 	if w.ps.spill != nil {
-		w.r.m.evicted.WithLabelValues(id).Set(float64(w.ps.spill.Len()))
+		w.r.m.evicted.WithLabelValues(id).Set(float64(w.ps.spill.Len() - w.ps.p.evictedClasses))
 	}
 }
 

@@ -21,27 +21,28 @@ const ReasonLate features.Reason = "late"
 
 // Stats counts what a Pipeline did. All counts are cumulative.
 type Stats struct {
-	Events        int64                     // accepted into a window
-	Duplicates    int64                     // dropped as redelivered (same event_id)
-	Late          int64                     // rejected: window already closed
-	Future        int64                     // rejected: stamped ahead of the trusted time (ErrFuture)
-	KeyMismatch   int64                     // rejected: Kafka key is not the agent_id (ErrKeyMismatch)
-	IdentityLimit int64                     // rejected: a new identity while MaxNewAgents are held (ErrIdentityLimit)
-	Folded        int64                     // alerts on identities without a baseline folded into identity_flood alerts
-	Ahead         int64                     // windows far ahead of the partition's watermark, scored but not learned (see dropAhead)
-	Invalid       map[features.Reason]int64 // rejected by the decoder, by reason
-	Windows       int64                     // agent windows closed
-	ColdWindows   int64                     // closed but not scored (cold start)
-	Alerts        map[Severity]int64        // alerts emitted, by severity
-	Early         int64                     // alerts emitted before their window closed
-	Agents        int                       // agents known (in memory and evicted)
-	Evicted       int                       // agents evicted from memory (see Evict)
-	Reloads       int64                     // evicted agents reloaded by their next event
-	ReloadErrs    int64                     // evicted agents that could not be reloaded (they start cold)
-	Classes       int                       // peer groups known
-	FirstTS       int64                     // earliest event time seen
-	MaxTS         int64                     // newest event time seen (not the watermark: see Watermark)
-	Watermark     int64                     // the quorum's event time: windows up to it less the allowed lateness are closed
+	Events         int64                     // accepted into a window
+	Duplicates     int64                     // dropped as redelivered (same event_id)
+	Late           int64                     // rejected: window already closed
+	Future         int64                     // rejected: stamped ahead of the trusted time (ErrFuture)
+	KeyMismatch    int64                     // rejected: Kafka key is not the agent_id (ErrKeyMismatch)
+	IdentityLimit  int64                     // rejected: a new identity while MaxNewAgents are held (ErrIdentityLimit)
+	Folded         int64                     // alerts on identities without a baseline folded into identity_flood alerts
+	Ahead          int64                     // windows far ahead of the partition's watermark, scored but not learned (see dropAhead)
+	Invalid        map[features.Reason]int64 // rejected by the decoder, by reason
+	Windows        int64                     // agent windows closed
+	ColdWindows    int64                     // closed but not scored (cold start)
+	Alerts         map[Severity]int64        // alerts emitted, by severity
+	Early          int64                     // alerts emitted before their window closed
+	Agents         int                       // agents known (in memory and evicted)
+	Evicted        int                       // agents evicted from memory (see Evict)
+	Reloads        int64                     // evicted agents reloaded by their next event
+	ReloadErrs     int64                     // evicted agents that could not be reloaded (they start cold)
+	Classes        int                       // peer groups known (in memory and evicted)
+	EvictedClasses int                       // peer groups evicted from memory (see Evict)
+	FirstTS        int64                     // earliest event time seen
+	MaxTS          int64                     // newest event time seen (not the watermark: see Watermark)
+	Watermark      int64                     // the quorum's event time: windows up to it less the allowed lateness are closed
 }
 
 // agent is the state of one agent. It is owned by one Pipeline.
@@ -84,7 +85,8 @@ type class struct {
 	// last hour (kept in base, see models.Baseline.Onset): a deployment
 	// rolls out over half an hour, not in one window.
 	onsets  [2]float64
-	changed bool // listed in Pipeline.changedClasses
+	changed bool  // listed in Pipeline.changedClasses
+	members int32 // agents in memory in the group (eviction: see Evict)
 }
 
 // closing is one window being closed.
@@ -125,6 +127,7 @@ type Pipeline struct {
 	key               []byte // the current message's Kafka key (ProcessMessage)
 	checkKey          bool
 	ids               identities
+	evictedClasses    int // peer groups in store
 	batch             []closing
 	freeWins          []*[2]features.Window
 	classBuf          []byte
@@ -194,10 +197,11 @@ func (p *Pipeline) Stats() Stats {
 	for k, v := range p.stats.Alerts {
 		s.Alerts[k] = v
 	}
-	s.Agents, s.Classes = p.NumAgents(), len(p.classes)
+	s.Agents, s.Classes = p.NumAgents(), len(p.classes)+p.evictedClasses
+	s.EvictedClasses = p.evictedClasses
 	s.Watermark = p.watermark()
 	if p.store != nil {
-		s.Evicted = p.store.Len()
+		s.Evicted = p.store.Len() - p.evictedClasses
 	}
 	return s
 }
@@ -330,17 +334,21 @@ func (p *Pipeline) agent(e *features.Event) (*agent, error) {
 		p.classBuf = features.DeriveClass(p.classBuf[:0], e.AgentID)
 		name = p.classBuf
 	}
-	c, ok := p.classes[string(name)]
+	c := p.lookupClass(string(name))
+	ok := c != nil
 	if !ok {
 		if len(p.classes) >= p.cfg.MaxClasses {
-			name = []byte(overflowClass)
-			c, ok = p.classes[overflowClass]
+			c = p.lookupClass(overflowClass)
 		}
-		if !ok {
+		if c == nil {
+			if len(p.classes) >= p.cfg.MaxClasses {
+				name = []byte(overflowClass)
+			}
 			c = &class{name: string(name), seen: features.NewSeenSet(p.cfg.PeerSeenSlots)}
 			p.classes[c.name] = c
 		}
 	}
+	c.members++
 	a := &agent{id: string(e.AgentID), class: c, seen: features.NewSeenSet(p.cfg.AgentSeenSlots), lastIdx: -1 << 62}
 	p.agents[a.id] = a
 	p.ids.newAgents++
@@ -372,12 +380,55 @@ func (p *Pipeline) Evict(before int64) (int, error) {
 			return n, err
 		}
 		delete(p.agents, id)
+		a.class.members--
 		if int(a.base.Windows) < p.cfg.Model.WarmWindows {
 			p.ids.newAgents--
 		}
 		n++
 	}
+	// Peer groups none of whose agents are in memory follow them.
+	for name, c := range p.classes {
+		if c.members > 0 || c.changed || name == fleetClass {
+			continue
+		}
+		p.spillBuf, _ = p.AppendClassState(p.spillBuf[:0], name)
+		if err := p.store.Put(classKeyPrefix+name, p.spillBuf); err != nil {
+			return n, err
+		}
+		delete(p.classes, name)
+		p.evictedClasses++
+	}
 	return n, nil
+}
+
+// lookupClass returns peer group name, reloading it if it was evicted, or
+// nil if the pipeline does not know it.
+func (p *Pipeline) lookupClass(name string) *class {
+	if c, ok := p.classes[name]; ok {
+		return c
+	}
+	if p.store == nil || p.evictedClasses == 0 {
+		return nil
+	}
+	key := classKeyPrefix + name
+	buf, ok, err := p.store.Append(p.spillBuf[:0], key)
+	p.spillBuf = buf
+	if !ok {
+		if err != nil {
+			p.store.Delete(key)
+			p.evictedClasses--
+			p.stats.ReloadErrs++
+		}
+		return nil
+	}
+	p.store.Delete(key)
+	p.evictedClasses--
+	if err := p.RestoreClass(buf); err != nil {
+		p.stats.ReloadErrs++
+		delete(p.classes, name)
+		return nil
+	}
+	return p.classes[name]
 }
 
 // reload brings agent id back from the store, or returns nil if the store
@@ -406,7 +457,7 @@ func (p *Pipeline) reload(id string) *agent {
 func (p *Pipeline) NumAgents() int {
 	n := len(p.agents)
 	if p.store != nil {
-		n += p.store.Len()
+		n += p.store.Len() - p.evictedClasses
 	}
 	return n
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/vigil-sec/vigil/features"
@@ -209,8 +210,8 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 		}
 	}
 
-	c, ok := p.classes[className]
-	if !ok {
+	c := p.lookupClass(className)
+	if c == nil {
 		c = &class{name: className, seen: features.NewSeenSet(p.cfg.PeerSeenSlots)}
 		p.classes[className] = c
 	}
@@ -221,6 +222,12 @@ func (p *Pipeline) RestoreAgent(data []byte) error {
 		if int(base.Windows) < p.cfg.Model.WarmWindows {
 			p.ids.newAgents++
 		}
+	}
+	if a.class != c {
+		if a.class != nil {
+			a.class.members--
+		}
+		c.members++
 	}
 	a.class, a.seen, a.base, a.probes, a.origins = c, seen, base, probes, origins
 	a.persist, a.lastIdx = int32(min(persist, math.MaxInt32)), lastIdx
@@ -276,7 +283,9 @@ func (p *Pipeline) AgentIDs(dst []string) []string {
 		dst = append(dst, id)
 	}
 	if p.store != nil {
+		n := len(dst)
 		dst = p.store.IDs(dst)
+		dst = append(dst[:n], filterPrefixed(dst[n:], classKeyPrefix, false)...)
 	}
 	return dst
 }
@@ -306,6 +315,12 @@ const (
 func (p *Pipeline) AppendClassState(dst []byte, name string) ([]byte, bool) {
 	c, ok := p.classes[name]
 	if !ok {
+		if p.store != nil {
+			// An evicted peer group: its snapshot is as it was written.
+			if out, ok, err := p.store.Append(dst, classKeyPrefix+name); err == nil && ok {
+				return out, true
+			}
+		}
 		return dst, false
 	}
 	dst = append(dst, classMagic, classVersion)
@@ -346,12 +361,30 @@ func (p *Pipeline) RestoreClass(data []byte) error {
 	return nil
 }
 
-// ClassNames appends the names of the peer groups the pipeline holds.
+// ClassNames appends the names of the peer groups the pipeline holds,
+// evicted ones included.
 func (p *Pipeline) ClassNames(dst []string) []string {
 	for name := range p.classes {
 		dst = append(dst, name)
 	}
+	if p.store != nil && p.evictedClasses > 0 {
+		n := len(dst)
+		dst = p.store.IDs(dst)
+		dst = append(dst[:n], filterPrefixed(dst[n:], classKeyPrefix, true)...)
+	}
 	return dst
+}
+
+// filterPrefixed keeps the ids with prefix (trimmed of it) when keep, or
+// those without it, in place.
+func filterPrefixed(ids []string, prefix string, keep bool) []string {
+	out := ids[:0]
+	for _, id := range ids {
+		if strings.HasPrefix(id, prefix) == keep {
+			out = append(out, strings.TrimPrefix(id, prefix))
+		}
+	}
+	return out
 }
 
 // Pipeline-level snapshot: 'P', a version byte, the window size and allowed
