@@ -115,7 +115,15 @@ type Report struct {
 	BenignCritical         int           // of those, severity "critical"
 	PerKind                map[string]KindReport
 	Missed                 []sim.Incident // undetected malicious incidents, by start
+	// Notices are new_identity notices (severity info: an identity seen
+	// for the first time), kept out of the figures above — they report an
+	// identity, not a behaviour — and counted here, with those on the
+	// agent of a malicious incident.
+	Notices, NoticesOnIncidents int
 }
+
+// KindNewIdentity is the alert kind of vigil's new-identity notices.
+const KindNewIdentity = "new_identity"
 
 // benignHorizon is how long after a benign change false alerts are attributed to it.
 const benignHorizon = 24 * time.Hour
@@ -133,12 +141,30 @@ const benignHorizon = 24 * time.Hour
 // agent of the change's class (agent_class, else agent_id without its trailing -NN) —
 // counts in BenignAlerts, and in BenignCritical when its severity is "critical".
 //
+// new_identity notices are kept out of every figure and counted in Notices.
+//
 // Alerts repeating an alert_id (re-emissions of the same alert) are counted once, with
 // their earliest detection. agentDays (distinct agents × simulated days) normalises
 // FalseAlertsPerAgentDay. Ratios with a zero denominator are 0.
 func Evaluate(truth []sim.Incident, alerts []Alert, grace time.Duration, agentDays float64) Report {
 	alerts = dedup(alerts)
-	r := Report{Alerts: len(alerts), AgentDays: agentDays, PerKind: map[string]KindReport{}}
+	var notices []Alert
+	alerts = slices.DeleteFunc(alerts, func(a Alert) bool {
+		if a.Kind == KindNewIdentity {
+			notices = append(notices, a)
+			return true
+		}
+		return false
+	})
+	r := Report{Alerts: len(alerts), AgentDays: agentDays, PerKind: map[string]KindReport{}, Notices: len(notices)}
+	for _, n := range notices {
+		for _, inc := range truth {
+			if !inc.Benign && inc.AgentID == n.AgentID {
+				r.NoticesOnIncidents++
+				break
+			}
+		}
+	}
 
 	var mal, ben []sim.Incident
 	for _, inc := range truth {
@@ -323,6 +349,7 @@ func (r Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(tw, "false alerts per agent-day\t%.4f\tover %.1f agent-days\n", r.FalseAlertsPerAgentDay, r.AgentDays)
 	fmt.Fprintf(tw, "time to detect\tmedian %s\tp90 %s\n", dur(r.TTDMedian), dur(r.TTDP90))
 	fmt.Fprintf(tw, "alerts on benign changes\t%d\tcritical %d\n", r.BenignAlerts, r.BenignCritical)
+	fmt.Fprintf(tw, "new-identity notices\t%d\ton incidents' agents %d\n", r.Notices, r.NoticesOnIncidents)
 	fmt.Fprintln(tw)
 
 	kinds := make([]string, 0, len(r.PerKind))

@@ -274,3 +274,19 @@ func TestReadTruth(t *testing.T) {
 		t.Fatalf("missing agent_id: error %v, want ErrMalformed", err)
 	}
 }
+
+// new_identity notices report an identity, not a behaviour: they are kept
+// out of detection, precision and false alerts, and counted on their own.
+func TestEvaluateNotices(t *testing.T) {
+	truth := []sim.Incident{incident("inc-1", sim.KindExfiltration, agentA, 0, 60)}
+	onIncident, elsewhere := alert("n1", agentA, 10), alert("n2", agentB, 10)
+	onIncident.Kind, elsewhere.Kind = KindNewIdentity, KindNewIdentity
+	r := Evaluate(truth, []Alert{onIncident, elsewhere, alert("a", agentA, 10)}, 5*time.Minute, 10)
+	if r.Alerts != 1 || r.TrueAlerts != 1 || r.FalseAlerts != 0 || r.Notices != 2 || r.NoticesOnIncidents != 1 {
+		t.Errorf("alerts %d (true %d, false %d), notices %d (on incidents %d); want 1 (1, 0), 2 (1)",
+			r.Alerts, r.TrueAlerts, r.FalseAlerts, r.Notices, r.NoticesOnIncidents)
+	}
+	if r := Evaluate(truth, []Alert{onIncident}, 5*time.Minute, 10); r.Detected != 0 {
+		t.Error("a notice alone detected the incident")
+	}
+}
