@@ -1,11 +1,9 @@
 package detector
 
 import (
-	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/vigil-sec/vigil/features"
@@ -59,17 +57,24 @@ func (c *clocks) observe(id string, ts int64) bool {
 		return false
 	}
 	old := c.watermark()
-	i := slices.IndexFunc(c.top[:c.n], func(e clockEntry) bool { return e.id == id })
+	i := 0
+	for i < c.n && c.top[i].id != id {
+		i++
+	}
 	switch {
-	case i >= 0:
+	case i < c.n:
 		c.top[i].clock = max(c.top[i].clock, ts)
 	case c.n < len(c.top):
 		c.top[c.n] = clockEntry{id: id, clock: ts}
 		c.n++
 	default:
-		c.top[c.n-1] = clockEntry{id: id, clock: ts}
+		i = c.n - 1
+		c.top[i] = clockEntry{id: id, clock: ts}
 	}
-	slices.SortFunc(c.top[:c.n], func(a, b clockEntry) int { return cmp.Compare(b.clock, a.clock) })
+	// Only entry i moved, and only up: bubble it into place.
+	for ; i > 0 && c.top[i].clock > c.top[i-1].clock; i-- {
+		c.top[i], c.top[i-1] = c.top[i-1], c.top[i]
+	}
 	return c.watermark() != old
 }
 
@@ -133,11 +138,12 @@ func (p *Pipeline) trustedWatermark() int64 {
 	return max(wm, min(p.stats.MaxTS, p.anchorWM+(p.trusted-p.anchorT)))
 }
 
-// trustedAt bounds a time derived from event time (an alert's detected_at)
-// by the trusted time, when there is one.
+// trustedAt bounds a time derived from event time (an alert's detected_at,
+// and so a request's expires_at) by the trusted time, when there is one:
+// nothing is detected after the moment vigil reads the event.
 func (p *Pipeline) trustedAt(t int64) int64 {
 	if p.trusted > 0 {
-		return min(t, p.trusted+p.skew)
+		return min(t, p.trusted)
 	}
 	return t
 }

@@ -3,6 +3,7 @@ package detector
 import (
 	"fmt"
 	"time"
+	"unsafe"
 
 	"github.com/vigil-sec/vigil/features"
 	"github.com/vigil-sec/vigil/models"
@@ -90,9 +91,17 @@ func (p *Pipeline) evaluate(c *closing) {
 	}
 }
 
-// learnFleet teaches the fleet's prior a warm agent's window.
+// fleetSample: the fleet's prior learns one warm agent window in this
+// many (an average needs no more, and each is a whole Learn).
+const fleetSample = 8
+
+// learnFleet teaches the fleet's prior a sample of warm agents' windows
+// (chosen by agent and window, so that replays and restores agree).
 func (p *Pipeline) learnFleet(a *agent, v *features.Vector, w float64) {
 	if int(a.base.Windows) < p.cfg.Model.WarmWindows {
+		return
+	}
+	if (features.Hash64(unsafe.Slice(unsafe.StringData(a.id), len(a.id)), 0)+uint64(v.Index))%fleetSample != 0 {
 		return
 	}
 	f := p.classes[fleetClass]

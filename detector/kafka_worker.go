@@ -31,6 +31,7 @@ type partState struct {
 	spill        *SpillFile // evicted agents; nil: eviction off
 	rv           *Revoker   // the revocation policy's state for this partition
 	reloads      int64      // reloads already counted in metrics
+	folded       int64      // folded identity alerts already counted in metrics
 	gen          int32      // the generation whose worker last ran it
 	ck           ckState
 }
@@ -306,9 +307,14 @@ func (w *worker) due() bool {
 	return p.urgent() || len(p.Windows) > 0 && w.r.now().Sub(w.ps.windowsSince) >= w.r.cfg.FlushInterval
 }
 
-// gauges updates the partition's lag and agents gauges.
+// gauges updates the partition's lag and agents gauges (and the folded
+// identity alerts counter).
 func (w *worker) gauges() {
 	id := partitionLabel(w.ps.id)
+	if d := w.ps.p.stats.Folded - w.ps.folded; d > 0 {
+		w.r.m.folded.Add(float64(d))
+		w.ps.folded = w.ps.p.stats.Folded
+	}
 	if lag := w.rd.Lag(); lag >= 0 {
 		w.r.m.lag.WithLabelValues(id).Set(float64(lag))
 	}

@@ -230,6 +230,7 @@ type runtimeMetrics struct {
 	evicted          *prometheus.GaugeVec
 	evictions        prometheus.Counter
 	reloads          prometheus.Counter
+	folded           prometheus.Counter
 	assigned         prometheus.Gauge
 	generations      prometheus.Counter
 
@@ -271,6 +272,10 @@ func newRuntimeMetrics(reg prometheus.Registerer) *runtimeMetrics {
 		}, []string{"partition"}),
 		evictions: f.NewCounter(prometheus.CounterOpts{
 			Name: "vigil_detector_agent_evictions_total", Help: "Idle agents moved out of memory.",
+		}),
+		folded: f.NewCounter(prometheus.CounterOpts{
+			Name: "vigil_detector_identity_alerts_folded_total",
+			Help: "Alerts on identities without a baseline of their own (and refused new identities) folded into an hour's identity_flood alert.",
 		}),
 		reloads: f.NewCounter(prometheus.CounterOpts{
 			Name: "vigil_detector_agent_reloads_total", Help: "Evicted agents brought back into memory by their next event.",
