@@ -50,6 +50,9 @@ type Config struct {
 	// SpillDir is where evicted agents are kept (an unlinked file per
 	// partition); "" is the system's temporary directory.
 	SpillDir string `yaml:"spill_dir"`
+	// Signatures configures the verification of emitters' event
+	// signatures (see features.VerifyEvent).
+	Signatures SignatureConfig `yaml:"signatures"`
 	// Policy decides severities and what is emitted.
 	Policy Policy `yaml:"policy"`
 	// Revocation decides which alerts become revocation requests.
@@ -75,6 +78,26 @@ type Policy struct {
 	MaxReasons int `yaml:"max_reasons"`
 }
 
+// Signature verification modes.
+const (
+	SigOff             = "off"               // signatures are not checked
+	SigVerifyIfPresent = "verify_if_present" // a signed event must verify; unsigned ones are accepted, unverified
+	SigRequire         = "require"           // every event must carry a signature that verifies
+)
+
+// SignatureConfig configures event signature verification. Only alerts
+// whose window's events all verified can enforce a revocation.
+type SignatureConfig struct {
+	// Mode is off, verify_if_present or require.
+	Mode string `yaml:"mode"`
+	// Keyring is the file of emitters' public keys ({"keys": [...]}, see
+	// features.ParseKeyring); required unless Mode is off.
+	Keyring string `yaml:"keyring"`
+	// ReloadInterval: vigil run rereads the keyring when it changes,
+	// checking this often (keys rotate: old and new overlap).
+	ReloadInterval time.Duration `yaml:"reload_interval"`
+}
+
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
@@ -82,6 +105,7 @@ func DefaultConfig() Config {
 		MaxClockSkew:    10 * time.Minute,
 		MaxNewAgents:    10000,
 		MaxClasses:      1000,
+		Signatures:      SignatureConfig{Mode: SigOff, ReloadInterval: 10 * time.Second},
 		DedupHorizon:    time.Hour,
 		DedupCapacity:   1 << 18,
 		AgentSeenSlots:  128,
@@ -112,6 +136,12 @@ func (c Config) Validate() error {
 		return &ConfigError{"max_new_agents", "want ≥ 1"}
 	case c.MaxClasses < 3:
 		return &ConfigError{"max_classes", "want ≥ 3"}
+	case c.Signatures.Mode != SigOff && c.Signatures.Mode != SigVerifyIfPresent && c.Signatures.Mode != SigRequire:
+		return &ConfigError{"signatures.mode", "want off, verify_if_present or require, not " + c.Signatures.Mode}
+	case c.Signatures.Mode != SigOff && c.Signatures.Keyring == "":
+		return &ConfigError{"signatures.keyring", "signatures.mode is " + c.Signatures.Mode + ": the keyring file of emitters' public keys is required"}
+	case c.Signatures.ReloadInterval <= 0:
+		return &ConfigError{"signatures.reload_interval", "must be > 0"}
 	case c.MaxClockSkew < 0:
 		return &ConfigError{"max_clock_skew", "must be ≥ 0"}
 	case c.EvictAfter != 0 && c.EvictAfter < 2*c.Model.WindowSize:

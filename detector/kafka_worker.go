@@ -133,6 +133,7 @@ func (r *Runtime) newPartState(id int) (*partState, error) {
 		newWindowRecord(&ps.pending.Windows[len(ps.pending.Windows)-1], s)
 	})
 	p.TrackChanges()
+	p.SetKeys(r.keys)
 	if r.det.EvictAfter > 0 {
 		sp, err := NewSpillFile(r.det.SpillDir)
 		if err != nil {

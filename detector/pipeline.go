@@ -127,7 +127,9 @@ type Pipeline struct {
 	key               []byte // the current message's Kafka key (ProcessMessage)
 	checkKey          bool
 	ids               identities
-	evictedClasses    int // peer groups in store
+	keys              *Keys  // emitters' keyring (SetKeys)
+	sigBuf            []byte // scratch for the signed bytes
+	evictedClasses    int    // peer groups in store
 	batch             []closing
 	freeWins          []*[2]features.Window
 	classBuf          []byte
@@ -225,6 +227,12 @@ func (p *Pipeline) Process(raw []byte) error {
 		p.stats.KeyMismatch++
 		return ErrKeyMismatch
 	}
+	// Before the duplicate filter: a forged event must not take a real
+	// one's id.
+	verified, err := p.verify(e, raw)
+	if err != nil {
+		return err
+	}
 	switch p.dedup.Check(e.EventID, features.ContentHash(raw), e.TS) {
 	case features.Duplicate:
 		p.stats.Duplicates++
@@ -308,6 +316,9 @@ func (p *Pipeline) Process(raw []byte) error {
 		flags &^= features.NewPeerItem
 	}
 	w.Add(e, flags, bucket)
+	if !verified {
+		w.Flags |= flagUnverified
+	}
 	p.stats.Events++
 	if p.cfg.Policy.EarlyDecisions {
 		p.early(a, s, e.TS)
@@ -777,6 +788,7 @@ func (p *Pipeline) alert(c *closing, sev Severity, at int64, early bool) {
 		Baseline: Baseline{Source: c.res.Source, Windows: c.res.Windows},
 	}
 	al.Credentials, al.OtherCredentials = p.alertCreds(c.a, c.v.Index)
+	al.Verified = w.Index == c.v.Index && w.Flags&flagUnverified == 0 && p.cfg.Signatures.Mode != SigOff
 	// An identity without a baseline of its own is judged by its group's
 	// or the fleet's: a burst of them (made-up ids) is one flood alert.
 	if c.res.Source != models.SourceAgent && !p.identityAlert(al) {

@@ -546,6 +546,10 @@ func LoadSigner(kid, file string) (*Signer, error) {
 	return NewSigner(kid, ek)
 }
 
+// Key returns the signer's private key (for tools that sign with the
+// same key file, such as vigil sign-events).
+func (s *Signer) Key() ed25519.PrivateKey { return s.key }
+
 // Public returns the signer's public key.
 func (s *Signer) Public() ed25519.PublicKey { return s.key.Public().(ed25519.PublicKey) }
 

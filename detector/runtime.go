@@ -83,6 +83,7 @@ type Runtime struct {
 	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
 	state  *stateStore // set by Run
 	signer *Signer     // signs revocation requests (SetSigner)
+	keys   *Keys       // emitters' keyring (det.Signatures), reloaded by Run
 
 	member                    // the consumer group membership; mu also guards parked
 	parked map[int]*partState // between generations: partitions last held here
@@ -108,12 +109,19 @@ func NewRuntime(cfg RuntimeConfig, det Config, sink Sink, reg prometheus.Registe
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	var keys *Keys
+	if det.Signatures.Mode != SigOff {
+		if keys, err = LoadKeys(det.Signatures.Keyring); err != nil {
+			return nil, err
+		}
+	}
 	m := newRuntimeMetrics(reg)
 	return &Runtime{
 		cfg: cfg, det: det, sink: sink, log: log, dialer: d, m: m,
 		now:    time.Now,
 		member: member{group: cfg.Group, log: log, gauge: m.assigned},
 		parked: make(map[int]*partState),
+		keys:   keys,
 	}, nil
 }
 
@@ -151,6 +159,11 @@ func (r *Runtime) Run(ctx context.Context) error {
 			return nil
 		}
 		return err
+	}
+	if r.keys != nil {
+		done := make(chan struct{})
+		defer func() { <-done }()
+		go func() { defer close(done); r.reloadKeys(ctx) }()
 	}
 	r.log.Info("joining consumer group", "group", r.cfg.Group, "topic", r.cfg.Topic, "brokers", r.cfg.Brokers)
 	// Leaving ends the generation and waits for its workers, which write
@@ -231,6 +244,7 @@ type runtimeMetrics struct {
 	evictions        prometheus.Counter
 	reloads          prometheus.Counter
 	folded           prometheus.Counter
+	keyringReloads   *prometheus.CounterVec
 	assigned         prometheus.Gauge
 	generations      prometheus.Counter
 
@@ -277,6 +291,9 @@ func newRuntimeMetrics(reg prometheus.Registerer) *runtimeMetrics {
 			Name: "vigil_detector_identity_alerts_folded_total",
 			Help: "Alerts on identities without a baseline of their own (and refused new identities) folded into an hour's identity_flood alert.",
 		}),
+		keyringReloads: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_signatures_keyring_reloads_total", Help: "Reloads of the emitters' keyring after its file changed, by result (ok, error).",
+		}, []string{"result"}),
 		reloads: f.NewCounter(prometheus.CounterOpts{
 			Name: "vigil_detector_agent_reloads_total", Help: "Evicted agents brought back into memory by their next event.",
 		}),
@@ -329,4 +346,28 @@ func kafkaLogger(log *slog.Logger) kafka.Logger {
 	return kafka.LoggerFunc(func(format string, args ...any) {
 		log.Warn(fmt.Sprintf(format, args...), "component", "kafka-go")
 	})
+}
+
+// reloadKeys rereads the emitters' keyring when its file changes, every
+// Signatures.ReloadInterval, until ctx ends: keys rotate without a
+// restart. A file that fails to load leaves the keys in use.
+func (r *Runtime) reloadKeys(ctx context.Context) {
+	t := time.NewTicker(r.det.Signatures.ReloadInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		changed, err := r.keys.Reload()
+		switch {
+		case err != nil:
+			r.m.keyringReloads.WithLabelValues("error").Inc()
+			r.log.Error("keyring not reloaded; the keys in use stay", "err", err)
+		case changed:
+			r.m.keyringReloads.WithLabelValues("ok").Inc()
+			r.log.Info("keyring reloaded", "file", r.det.Signatures.Keyring, "keys", r.keys.Ring().Len())
+		}
+	}
 }

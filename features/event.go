@@ -124,6 +124,7 @@ type Event struct {
 	CredentialID []byte
 	SrcIP        []byte
 	SigKey       []byte
+	Sig          []byte // the emitter's signature, base64 (see VerifyEvent)
 	Decision     Decision
 	DataClass    DataClass
 	Status       Status
@@ -529,9 +530,8 @@ func (d *Decoder) field(key []byte, e *Event) error {
 	case "sig_key":
 		e.SigKey, err = d.strField("sig_key", false)
 	case "sig":
-		var s []byte
-		s, err = d.strField("sig", false)
-		e.HasSig = len(s) > 0
+		e.Sig, err = d.strField("sig", false)
+		e.HasSig = len(e.Sig) > 0
 	case "data_class":
 		var v uint8
 		v, err = d.enumField("data_class", dataClassNames[:])

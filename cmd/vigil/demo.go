@@ -197,7 +197,7 @@ func demo(ctx context.Context, o demoOptions, out, viewOut io.Writer, tty bool) 
 	kc := demoRuntimeConfig(addr)
 	v := newDemoView(o, det.Model.WindowSize, tty, viewOut)
 	log := slog.New(slog.NewTextHandler(v.logWriter(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	warnUnverifiedEnforce(log, det.Revocation)
+	warnUnverifiedEnforce(log, det)
 
 	pr, truthCh, genDone := generateFleet(o.sim)
 

@@ -23,6 +23,7 @@ Usage:
   vigil devbroker [--listen H:P] [--topic NAME:N]...          run an in-memory Kafka-protocol broker (development)
   vigil schema    clickhouse                                  print the ClickHouse DDL (deploy/clickhouse/schema.sql)
   vigil keygen    --key FILE --pub FILE                       write an Ed25519 key pair for signing revocation requests
+  vigil sign-events --key FILE --kid ID [--input FILE]        sign JSONL events as an emitter does (--keyring-entry: its keyring line)
   vigil verify-revocation --pub KID=FILE [FILE|-]             check the signatures of revocation requests
   vigil version                                               print the version
 
@@ -52,6 +53,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = runSimulate(ctx, args[1:], stdout, stderr)
 	case "keygen":
 		err = runKeygen(ctx, args[1:], stdout, stderr)
+	case "sign-events":
+		err = runSignEvents(ctx, args[1:], stdin, stdout, stderr)
 	case "verify-revocation":
 		err = runVerifyRevocation(ctx, args[1:], stdin, stdout, stderr)
 	case "schema":

@@ -76,6 +76,13 @@ func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err != nil {
 		return err
 	}
+	if dc.Signatures.Mode != detector.SigOff {
+		keys, err := detector.LoadKeys(dc.Signatures.Keyring)
+		if err != nil {
+			return fmt.Errorf("replay: %w", err)
+		}
+		p.SetKeys(keys)
+	}
 	if *explain != "" {
 		p.OnWindow(func(w *detector.WindowScore) {
 			if w.AgentID == *explain {

@@ -146,7 +146,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		srvDone <- err
 	}()
 	log.Info("vigil run", "version", version, "web", "http://"+ln.Addr().String(), "brokers", kc.Brokers, "topic", kc.Topic, "group", kc.Group)
-	warnUnverifiedEnforce(log, cfg.Detector.Revocation)
+	warnUnverifiedEnforce(log, cfg.Detector)
 
 	// The sinks' background loops (Alertmanager re-sends) outlive the
 	// runtime, which writes its last outputs as it stops.
@@ -196,12 +196,21 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 // (detector.Alert.Verified), and vigil does not verify event signatures
 // yet: anyone who can write to the events topic could forge the alerts.
 // Once verification is configurable, this warning depends on it.
-func warnUnverifiedEnforce(log *slog.Logger, pol detector.RevocationPolicy) {
+func warnUnverifiedEnforce(log *slog.Logger, det detector.Config) {
+	pol := det.Revocation
 	if !pol.Enabled || pol.Mode != detector.ModeEnforce {
 		return
 	}
-	log.Warn("detector.revocation.mode is enforce, but events are unverified (vigil does not verify event signatures yet): enforce runs as dry run, every revocation request is sent with mode dry_run and why unverified",
-		"field", "detector.revocation.mode", "why", detector.WhyUnverified)
+	switch det.Signatures.Mode {
+	case detector.SigRequire:
+		log.Info("detector.revocation.mode is enforce: every event must carry a verified signature (detector.signatures.mode require), so alerts can enforce")
+	case detector.SigVerifyIfPresent:
+		log.Warn("detector.revocation.mode is enforce with detector.signatures.mode verify_if_present: only alerts whose windows hold nothing but verified events enforce; the others are sent as dry run, why unverified",
+			"field", "detector.signatures.mode", "why", detector.WhyUnverified)
+	default:
+		log.Warn("detector.revocation.mode is enforce, but events are unverified (detector.signatures.mode is off): enforce runs as dry run, every revocation request is sent with mode dry_run and why unverified",
+			"field", "detector.revocation.mode", "why", detector.WhyUnverified)
+	}
 }
 
 // lockedWriter serialises writes from several goroutines.
