@@ -112,6 +112,9 @@ type Alert struct {
 	// verified signature (see issue 12); enforcement rests only on such
 	// evidence. False until event signatures are verified.
 	Verified bool `json:"-"`
+	// Observe: the inventory lists the agent in mode observe — alerted
+	// on, never revoked.
+	Observe bool `json:"-"`
 }
 
 // AlertID is the stable id of an alert: the same agent, window and kind always

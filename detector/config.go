@@ -53,6 +53,8 @@ type Config struct {
 	// Signatures configures the verification of emitters' event
 	// signatures (see features.VerifyEvent).
 	Signatures SignatureConfig `yaml:"signatures"`
+	// Inventory is the agent inventory file (see InventoryConfig).
+	Inventory InventoryConfig `yaml:"inventory"`
 	// Policy decides severities and what is emitted.
 	Policy Policy `yaml:"policy"`
 	// Revocation decides which alerts become revocation requests.
@@ -98,6 +100,15 @@ type SignatureConfig struct {
 	ReloadInterval time.Duration `yaml:"reload_interval"`
 }
 
+// InventoryConfig configures the agent inventory.
+type InventoryConfig struct {
+	// File is {"agents": [{"id", "class", "owner", "criticality",
+	// "mode": observe|enforce}]}; "" for none.
+	File string `yaml:"file"`
+	// ReloadInterval: vigil run rereads the file when it changes.
+	ReloadInterval time.Duration `yaml:"reload_interval"`
+}
+
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
@@ -106,6 +117,7 @@ func DefaultConfig() Config {
 		MaxNewAgents:    10000,
 		MaxClasses:      1000,
 		Signatures:      SignatureConfig{Mode: SigOff, ReloadInterval: 10 * time.Second},
+		Inventory:       InventoryConfig{ReloadInterval: 10 * time.Second},
 		DedupHorizon:    time.Hour,
 		DedupCapacity:   1 << 18,
 		AgentSeenSlots:  128,
@@ -140,6 +152,8 @@ func (c Config) Validate() error {
 		return &ConfigError{"signatures.mode", "want off, verify_if_present or require, not " + c.Signatures.Mode}
 	case c.Signatures.Mode != SigOff && c.Signatures.Keyring == "":
 		return &ConfigError{"signatures.keyring", "signatures.mode is " + c.Signatures.Mode + ": the keyring file of emitters' public keys is required"}
+	case c.Inventory.ReloadInterval <= 0:
+		return &ConfigError{"inventory.reload_interval", "must be > 0"}
 	case c.Signatures.ReloadInterval <= 0:
 		return &ConfigError{"signatures.reload_interval", "must be > 0"}
 	case c.MaxClockSkew < 0:

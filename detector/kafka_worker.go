@@ -134,6 +134,7 @@ func (r *Runtime) newPartState(id int) (*partState, error) {
 	})
 	p.TrackChanges()
 	p.SetKeys(r.keys)
+	p.SetInventory(r.inv)
 	if r.det.EvictAfter > 0 {
 		sp, err := NewSpillFile(r.det.SpillDir)
 		if err != nil {

@@ -127,9 +127,11 @@ type Pipeline struct {
 	key               []byte // the current message's Kafka key (ProcessMessage)
 	checkKey          bool
 	ids               identities
-	keys              *Keys  // emitters' keyring (SetKeys)
-	sigBuf            []byte // scratch for the signed bytes
-	evictedClasses    int    // peer groups in store
+	keys              *Keys            // emitters' keyring (SetKeys)
+	inv               *Inventory       // agent inventory (SetInventory); nil: none
+	claims            map[string]int64 // agent → last window its class claim was alerted (inventory)
+	sigBuf            []byte           // scratch for the signed bytes
+	evictedClasses    int              // peer groups in store
 	batch             []closing
 	freeWins          []*[2]features.Window
 	classBuf          []byte
@@ -253,6 +255,9 @@ func (p *Pipeline) Process(raw []byte) error {
 	if err != nil {
 		return err
 	}
+	if p.inv != nil && len(e.AgentClass) > 0 && string(e.AgentClass) != a.class.name {
+		p.checkClaim(a, e, idx)
+	}
 	s := int(idx & 1)
 	if a.win != nil && a.open[s] && a.win[s].Index > idx && p.ahead(a.win[s].Index) {
 		p.dropAhead(a, s) // one event far ahead of the partition must not blind its agent
@@ -341,7 +346,10 @@ func (p *Pipeline) agent(e *features.Event) (*agent, error) {
 		return nil, ErrIdentityLimit
 	}
 	name := e.AgentClass
-	if len(name) == 0 {
+	listed := false
+	if c, ok := p.inventoryClass(e.AgentID); ok {
+		name, listed = []byte(c), true // the inventory's class wins over the claim
+	} else if len(name) == 0 {
 		p.classBuf = features.DeriveClass(p.classBuf[:0], e.AgentID)
 		name = p.classBuf
 	}
@@ -363,7 +371,12 @@ func (p *Pipeline) agent(e *features.Event) (*agent, error) {
 	a := &agent{id: string(e.AgentID), class: c, seen: features.NewSeenSet(p.cfg.AgentSeenSlots), lastIdx: -1 << 62}
 	p.agents[a.id] = a
 	p.ids.newAgents++
-	p.newIdentity(a, e, !ok)
+	switch {
+	case p.inv == nil:
+		p.newIdentity(a, e, !ok)
+	case !listed:
+		p.unknownAgent(a, e)
+	}
 	return a, nil
 }
 
@@ -789,6 +802,7 @@ func (p *Pipeline) alert(c *closing, sev Severity, at int64, early bool) {
 	}
 	al.Credentials, al.OtherCredentials = p.alertCreds(c.a, c.v.Index)
 	al.Verified = w.Index == c.v.Index && w.Flags&flagUnverified == 0 && p.cfg.Signatures.Mode != SigOff
+	al.Observe = p.observeOnly(c.a.id)
 	// An identity without a baseline of its own is judged by its group's
 	// or the fleet's: a burst of them (made-up ids) is one flood alert.
 	if c.res.Source != models.SourceAgent && !p.identityAlert(al) {

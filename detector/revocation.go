@@ -234,7 +234,7 @@ func NewRevoker(pol RevocationPolicy, signer *Signer) (*Revoker, error) {
 // target. The requests' mode is decided once for the alert (see the Why
 // constants); when it is enforce, the alert spends one unit of the budget.
 func (r *Revoker) Decide(a *Alert) ([]*Revocation, error) {
-	if r == nil || !r.pol.Enabled || a.Severity < SeverityCritical || r.allowlisted(a.AgentID) {
+	if r == nil || !r.pol.Enabled || a.Severity < SeverityCritical || a.Observe || r.allowlisted(a.AgentID) {
 		return nil, nil
 	}
 	at := a.DetectedAt.UnixNano()

@@ -84,6 +84,7 @@ type Runtime struct {
 	state  *stateStore // set by Run
 	signer *Signer     // signs revocation requests (SetSigner)
 	keys   *Keys       // emitters' keyring (det.Signatures), reloaded by Run
+	inv    *Inventory  // agent inventory (det.Inventory), reloaded by Run
 
 	member                    // the consumer group membership; mu also guards parked
 	parked map[int]*partState // between generations: partitions last held here
@@ -115,6 +116,12 @@ func NewRuntime(cfg RuntimeConfig, det Config, sink Sink, reg prometheus.Registe
 			return nil, err
 		}
 	}
+	var inv *Inventory
+	if det.Inventory.File != "" {
+		if inv, err = LoadInventory(det.Inventory.File); err != nil {
+			return nil, err
+		}
+	}
 	m := newRuntimeMetrics(reg)
 	return &Runtime{
 		cfg: cfg, det: det, sink: sink, log: log, dialer: d, m: m,
@@ -122,6 +129,7 @@ func NewRuntime(cfg RuntimeConfig, det Config, sink Sink, reg prometheus.Registe
 		member: member{group: cfg.Group, log: log, gauge: m.assigned},
 		parked: make(map[int]*partState),
 		keys:   keys,
+		inv:    inv,
 	}, nil
 }
 
@@ -163,7 +171,18 @@ func (r *Runtime) Run(ctx context.Context) error {
 	if r.keys != nil {
 		done := make(chan struct{})
 		defer func() { <-done }()
-		go func() { defer close(done); r.reloadKeys(ctx) }()
+		go func() {
+			defer close(done)
+			r.reload(ctx, "keyring", r.det.Signatures.ReloadInterval, r.keys.Reload, r.keys.Ring().Len)
+		}()
+	}
+	if r.inv != nil {
+		done := make(chan struct{})
+		defer func() { <-done }()
+		go func() {
+			defer close(done)
+			r.reload(ctx, "inventory", r.det.Inventory.ReloadInterval, r.inv.Reload, r.inv.Len)
+		}()
 	}
 	r.log.Info("joining consumer group", "group", r.cfg.Group, "topic", r.cfg.Topic, "brokers", r.cfg.Brokers)
 	// Leaving ends the generation and waits for its workers, which write
@@ -244,7 +263,7 @@ type runtimeMetrics struct {
 	evictions        prometheus.Counter
 	reloads          prometheus.Counter
 	folded           prometheus.Counter
-	keyringReloads   *prometheus.CounterVec
+	fileReloads      *prometheus.CounterVec
 	assigned         prometheus.Gauge
 	generations      prometheus.Counter
 
@@ -291,9 +310,9 @@ func newRuntimeMetrics(reg prometheus.Registerer) *runtimeMetrics {
 			Name: "vigil_detector_identity_alerts_folded_total",
 			Help: "Alerts on identities without a baseline of their own (and refused new identities) folded into an hour's identity_flood alert.",
 		}),
-		keyringReloads: f.NewCounterVec(prometheus.CounterOpts{
-			Name: "vigil_signatures_keyring_reloads_total", Help: "Reloads of the emitters' keyring after its file changed, by result (ok, error).",
-		}, []string{"result"}),
+		fileReloads: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_config_file_reloads_total", Help: "Reloads of the emitters' keyring and the agent inventory after their files changed, by file and result (ok, error).",
+		}, []string{"file", "result"}),
 		reloads: f.NewCounter(prometheus.CounterOpts{
 			Name: "vigil_detector_agent_reloads_total", Help: "Evicted agents brought back into memory by their next event.",
 		}),
@@ -348,11 +367,12 @@ func kafkaLogger(log *slog.Logger) kafka.Logger {
 	})
 }
 
-// reloadKeys rereads the emitters' keyring when its file changes, every
-// Signatures.ReloadInterval, until ctx ends: keys rotate without a
-// restart. A file that fails to load leaves the keys in use.
-func (r *Runtime) reloadKeys(ctx context.Context) {
-	t := time.NewTicker(r.det.Signatures.ReloadInterval)
+// reload rereads a file vigil trusts (the emitters' keyring, the
+// inventory) when it changes, every interval, until ctx ends: keys rotate
+// and agents come and go without a restart. A file that fails to load
+// leaves the one in use.
+func (r *Runtime) reload(ctx context.Context, what string, interval time.Duration, reload func() (bool, error), size func() int) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -360,14 +380,14 @@ func (r *Runtime) reloadKeys(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		changed, err := r.keys.Reload()
+		changed, err := reload()
 		switch {
 		case err != nil:
-			r.m.keyringReloads.WithLabelValues("error").Inc()
-			r.log.Error("keyring not reloaded; the keys in use stay", "err", err)
+			r.m.fileReloads.WithLabelValues(what, "error").Inc()
+			r.log.Error(what+" not reloaded; the one in use stays", "err", err)
 		case changed:
-			r.m.keyringReloads.WithLabelValues("ok").Inc()
-			r.log.Info("keyring reloaded", "file", r.det.Signatures.Keyring, "keys", r.keys.Ring().Len())
+			r.m.fileReloads.WithLabelValues(what, "ok").Inc()
+			r.log.Info(what+" reloaded", "entries", size())
 		}
 	}
 }

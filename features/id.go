@@ -2,6 +2,7 @@ package features
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strconv"
 	"unicode"
@@ -96,4 +97,17 @@ func checkIDSlow(s []byte, i int) string {
 		i += size
 	}
 	return ""
+}
+
+// CheckID reports why id would be rejected in an event's identity field
+// (bad_id), or nil: for ids from elsewhere (the inventory) that must be
+// able to match events.
+func CheckID(id string) error {
+	if id == "" {
+		return errors.New("empty id")
+	}
+	if why := checkID([]byte(id)); why != "" {
+		return errors.New(why)
+	}
+	return nil
 }

@@ -83,6 +83,13 @@ func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		}
 		p.SetKeys(keys)
 	}
+	if dc.Inventory.File != "" {
+		inv, err := detector.LoadInventory(dc.Inventory.File)
+		if err != nil {
+			return fmt.Errorf("replay: %w", err)
+		}
+		p.SetInventory(inv)
+	}
 	if *explain != "" {
 		p.OnWindow(func(w *detector.WindowScore) {
 			if w.AgentID == *explain {
