@@ -5,8 +5,8 @@
 // request, and a tamper-evident audit chain over the alerts and requests.
 //
 // New creates the database and applies versioned migrations, recorded in
-// schema_migrations; every statement is idempotent, so instances may start
-// together. Schema returns the same DDL for `vigil schema clickhouse` and
+// schema_migrations; every step is idempotent and tolerates a concurrent
+// migrator making the same change, so every instance may start at once. Schema returns the same DDL for `vigil schema clickhouse` and
 // deploy/clickhouse/schema.sql; deploy/clickhouse/queries.sql holds the
 // questions analysts ask. The schema is valid on ClickHouse 18.16 and on
 // current versions: no DateTime64, Map, TTL, CODEC or LowCardinality, and

@@ -6,11 +6,12 @@ import (
 )
 
 // migration is one versioned step of the schema. Its statements are
-// idempotent (CREATE TABLE IF NOT EXISTS, …) so that two instances starting
-// at once, or a step interrupted half-way, are harmless: a step is recorded
-// in schema_migrations only after all its statements succeeded, and is run
-// again otherwise. Statements name tables without a database: they run on a
-// connection whose default database is the configured one.
+// CREATE TABLE IF NOT EXISTS and its columns are added only if missing, so
+// that instances starting at once, or a step interrupted half-way, are
+// harmless: a step is recorded in schema_migrations only after all its
+// statements succeeded, and is run again otherwise (Sink.migrate).
+// Statements name tables without a database: they run on a connection
+// whose default database is the configured one.
 //
 // A released migration is never edited: a schema change is a new migration
 // (ALTER TABLE … ADD COLUMN, guarded for idempotency), appended to

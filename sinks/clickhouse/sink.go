@@ -85,7 +85,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Sink, error) {
 	if err != nil {
 		return nil, classify("connect", err)
 	}
-	err = boot.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+cfg.Database)
+	err = create(ctx, boot, "CREATE DATABASE IF NOT EXISTS "+cfg.Database)
 	boot.Close()
 	if err != nil {
 		return nil, classify("create database "+cfg.Database, err)
@@ -102,22 +102,67 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Sink, error) {
 	return s, nil
 }
 
-// addColumn adds c unless the table has it (a migration interrupted after
-// some of its columns, or two instances migrating at once).
-func (s *Sink) addColumn(ctx context.Context, c column) error {
+// Migrations run in every instance as it starts, and every member of a
+// consumer group starts at once, so several migrators may apply the same
+// step together. Each step is idempotent and checks, when it fails,
+// whether a concurrent migrator made the change meanwhile; a version is
+// recorded only after its step is done, and recording it twice is
+// harmless (schema_migrations collapses rows by version, read with FINAL).
+
+// create runs stmt, a CREATE … IF NOT EXISTS. Should it fail while a
+// concurrent migrator creates the same object (ClickHouse of early 2018
+// answered a concurrent CREATE DATABASE with code 76, its issue 2383), it
+// is run once more: IF NOT EXISTS makes the second run its own re-check,
+// which succeeds if the object exists by then.
+func create(ctx context.Context, conn driver.Conn, stmt string) error {
+	err := conn.Exec(ctx, stmt)
+	if err == nil {
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+		return err
+	case <-time.After(100 * time.Millisecond):
+	}
+	if conn.Exec(ctx, stmt) == nil {
+		return nil
+	}
+	return err
+}
+
+// hasColumn reports whether the table has column c.
+func (s *Sink) hasColumn(ctx context.Context, c column) (bool, error) {
 	var n uint64
 	err := s.conn.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = currentDatabase() AND table = ? AND name = ?",
 		c.table, c.name).Scan(&n)
-	if err != nil || n > 0 {
+	return n > 0, err
+}
+
+// addColumn adds c unless the table has it (a migration interrupted after
+// some of its columns). ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS:
+// when a concurrent migrator adds c between the check and the ALTER, the
+// ALTER fails (code 44, "column with this name already exists", or 179)
+// and c is looked up again; found, it is there as this migrator wanted.
+func (s *Sink) addColumn(ctx context.Context, c column) error {
+	if has, err := s.hasColumn(ctx, c); err != nil || has {
 		return err
 	}
-	return s.conn.Exec(ctx, c.alter())
+	err := s.conn.Exec(ctx, c.alter())
+	if err == nil {
+		return nil
+	}
+	if has, herr := s.hasColumn(ctx, c); herr == nil && has {
+		s.log.Debug("clickhouse: column added by a concurrent migrator", "database", s.cfg.Database, "table", c.table, "column", c.name, "err", err)
+		return nil
+	}
+	return err
 }
 
 // migrate applies the migrations not recorded in schema_migrations, in
-// order, recording each after its statements succeeded.
+// order, recording each after its statements succeeded. It is safe to run
+// in several instances at once (see create and addColumn).
 func (s *Sink) migrate(ctx context.Context) error {
-	if err := s.conn.Exec(ctx, createMigrations); err != nil {
+	if err := create(ctx, s.conn, createMigrations); err != nil {
 		return classify("create schema_migrations", err)
 	}
 	applied := make(map[int]bool)
@@ -144,7 +189,7 @@ func (s *Sink) migrate(ctx context.Context) error {
 			continue
 		}
 		for _, stmt := range m.stmts {
-			if err := s.conn.Exec(ctx, stmt); err != nil {
+			if err := create(ctx, s.conn, stmt); err != nil {
 				return classify(fmt.Sprintf("migration %d (%s)", m.version, m.name), err)
 			}
 		}

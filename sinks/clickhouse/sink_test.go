@@ -109,6 +109,18 @@ func TestPasswordFromFileOrEnv(t *testing.T) {
 	}
 }
 
+// Migrations run in every instance at once, so each statement must be
+// idempotent: migrate relies on IF NOT EXISTS to re-check a failed create.
+func TestMigrationStatementsAreIdempotent(t *testing.T) {
+	for _, m := range migrations {
+		for _, stmt := range m.stmts {
+			if !strings.Contains(stmt, "CREATE TABLE IF NOT EXISTS ") {
+				t.Errorf("migration %d: not a CREATE TABLE IF NOT EXISTS: %.200s", m.version, stmt)
+			}
+		}
+	}
+}
+
 // The schema applies twice (a second instance, a restart): the second time
 // changes nothing, and schema_migrations records each version once.
 func TestMigrationsAreIdempotent(t *testing.T) {
@@ -704,4 +716,62 @@ func TestHostileContentIsStored(t *testing.T) {
 	}
 	t.Logf("a window starting 2150-01-01T00:00:00Z is stored as starting %s",
 		strings.TrimSpace(query(t, srv, cfg.Database, "SELECT toString(min(window_start), 'UTC') FROM windows")))
+}
+
+// Every member of a consumer group starts at once against a fresh
+// database: concurrent migrators all succeed and leave the schema one
+// migrator leaves, with each version recorded. The race needs several
+// rounds to show, so each round is a fresh database. (Before the fix most
+// rounds failed: "migration 2 (windows: denied_unfamiliar): code: 44 …
+// column with this name already exists".)
+func TestConcurrentMigrations(t *testing.T) {
+	t.Parallel()
+	const rounds, migrators = 10, 6
+	srv := sinktest.SharedClickHouse(t)
+	_, ref := newSink(t, srv)
+	// In table order and, within a table, column order (18.16's
+	// system.columns has no position to sort by).
+	schema := func(db string) string {
+		return query(t, srv, "default", fmt.Sprintf("SELECT table, name, type, default_kind, default_expression "+
+			"FROM system.columns WHERE database = '%s'", db))
+	}
+	want := schema(ref.Database)
+	var wantVersions string
+	for _, m := range migrations {
+		wantVersions += fmt.Sprintf("%d\t%s\n", m.version, m.name)
+	}
+	for round := range rounds {
+		cfg := ref
+		cfg.Database = fmt.Sprintf("t_concurrent_migrations_%d_%d", os.Getpid(), dbSeq.Add(1))
+		t.Cleanup(func() { srv.Run("DROP DATABASE IF EXISTS " + cfg.Database) })
+		start := make(chan struct{})
+		errs := make(chan error, migrators)
+		var wg sync.WaitGroup
+		for range migrators {
+			wg.Go(func() {
+				<-start
+				s, err := New(context.Background(), cfg, nil)
+				if err == nil {
+					s.Close()
+				}
+				errs <- err
+			})
+		}
+		close(start)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Errorf("round %d: %v", round, err)
+			}
+		}
+		if got := schema(cfg.Database); got != want {
+			t.Errorf("round %d: columns:\n%s\nwant (one migrator)\n%s", round, got, want)
+		}
+		// Several migrators may record a version: FINAL, as migrate
+		// reads it, sees each once.
+		if got := query(t, srv, cfg.Database, "SELECT version, name FROM schema_migrations FINAL ORDER BY version"); got != wantVersions {
+			t.Errorf("round %d: schema_migrations:\n%s\nwant\n%s", round, got, wantVersions)
+		}
+	}
 }
