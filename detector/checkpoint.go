@@ -13,9 +13,10 @@ package detector
 //     "\x00dedup:<generation>:<n>": the filter's generations are append-only,
 //     so each checkpoint adds a piece to the current one);
 //  3. the marker (key "\x00marker"): the checkpoint's term and sequence
-//     number, O, the pipeline-level state (watermark, closed window, event
-//     times), how many agents and peer groups the state holds and how many
-//     pieces each live generation of the duplicate filter has.
+//     number, the consumer group and events topic it was taken for, O, the
+//     pipeline-level state (watermark, closed window, event times), how many
+//     agents and peer groups the state holds and how many pieces each live
+//     generation of the duplicate filter has.
 //
 // The first checkpoint of a term writes everything (every agent and peer
 // group, both filter generations whole) and first deletes (tombstones) the
@@ -51,6 +52,28 @@ package detector
 // state. A committed offset ahead of O (offsets moved by hand, or state from
 // an older run) wins: the state is restored and consuming starts there. (So
 // to reprocess from an earlier offset, also start from an empty state topic.)
+//
+// A checkpoint is bound to its consumer group and events topic: O is where
+// that group's output stands, not another's. A group that finds another
+// group's (or topic's) checkpoint as the last one refuses to run and says to
+// give it a state topic of its own (restore). It does not start cold
+// instead: it would then tombstone the other group's keys as stale in its
+// first checkpoint and overwrite its marker (both use the same keys, and
+// compaction keeps the last), destroying that group's state, which would
+// then find this group's checkpoint. Namespacing the keys by group would let
+// groups share the topic, but every restore would then read every group's
+// records, and a state topic per group costs nothing. Markers of other
+// groups before the last one only draw a warning: compaction leaves them
+// there long after the topic is the group's alone again.
+//
+// Markers before version 3 name no group. Such a checkpoint is taken as the
+// group's only if the group has committed an offset for the partition, and
+// consuming then resumes at the committed offset even when the checkpoint is
+// ahead of it: nothing is skipped on the word of a checkpoint that may be
+// another group's (a group that owned it and died between its marker and its
+// commit reads a checkpoint interval again). With no committed offset it
+// is refused like another group's. (A group that ran an older vigil on
+// another group's state committed that group's offsets: reset them.)
 //
 // Compaction keeps only the last record of a key. It cannot remove a record of
 // the last marker's state unless a stray record of the same key follows it —
@@ -112,7 +135,7 @@ const (
 	envelopeVersion = 1
 	dedupMagic      = 'D'
 	markerMagic     = 'M'
-	markerVersion   = 2 // 2 adds the revocation policy's state
+	markerVersion   = 3 // 2 adds the revocation policy's state, 3 the consumer group
 	// 8·dedupPiece bytes bound one piece of the duplicate filter (512 KiB,
 	// far below Kafka's default 1 MiB message limit; a multiple of the
 	// filter's 16 bytes an id).
@@ -156,12 +179,16 @@ func parseDedupPiece(p []byte) (gen uint64, n int, hashes []byte, ok bool) {
 }
 
 // checkpointMarker closes a checkpoint: the state of partition Partition of
-// the events topic Topic after every message below Offset.
+// the events topic Topic after every message below Offset, as consumer group
+// Group processed them.
 type checkpointMarker struct {
 	Term, Seq uint64
 	Topic     string
 	Partition int
 	Offset    int64
+	// Group is the consumer group that took the checkpoint; version 3 on
+	// (never empty), "" in older markers, which are bound to no group.
+	Group string
 	// State is the pipeline-level state (Pipeline.AppendPartitionState).
 	State []byte
 	// What the rest of the checkpoint's state holds: agents, peer groups,
@@ -187,7 +214,8 @@ func (m *checkpointMarker) appendPayload(dst []byte) []byte {
 		dst = binary.AppendUvarint(dst, uint64(v))
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(m.Policy)))
-	return append(dst, m.Policy...)
+	dst = append(dst, m.Policy...)
+	return appendString(dst, m.Group)
 }
 
 func parseMarker(term, seq uint64, p []byte) (checkpointMarker, error) {
@@ -239,6 +267,14 @@ func parseMarker(term, seq uint64, p []byte) (checkpointMarker, error) {
 			return m, bad
 		}
 		m.Policy = p[off : off+int(l)]
+		off += int(l)
+	}
+	if p[1] >= 3 {
+		g, _, err := readString(p[off:])
+		if err != nil || g == "" {
+			return m, bad
+		}
+		m.Group = g
 	}
 	return m, nil
 }
@@ -252,7 +288,15 @@ type stateScan struct {
 	marker  *checkpointMarker   // the last marker read
 	records int                 // records read
 	skipped int                 // records that are not state records (skipped)
+	// The groups and topics of every marker read (at most maxBindings).
+	bindings map[binding]struct{}
 }
+
+// binding is what a checkpoint is bound to: a consumer group ("": none, a
+// marker before version 3) and an events topic.
+type binding struct{ group, topic string }
+
+const maxBindings = 16
 
 // termRecords are the records of one term.
 type termRecords struct {
@@ -269,7 +313,7 @@ type stateEntry struct {
 }
 
 func newStateScan() *stateScan {
-	return &stateScan{terms: make(map[uint64]*termRecords), live: make(map[string]struct{})}
+	return &stateScan{terms: make(map[uint64]*termRecords), live: make(map[string]struct{}), bindings: make(map[binding]struct{})}
 }
 
 // add takes the next record of the partition; value nil is a tombstone. The
@@ -303,6 +347,9 @@ func (s *stateScan) add(offset int64, key, value []byte) {
 	if err != nil || string(key) != markerKey {
 		s.skipped++
 		return
+	}
+	if len(s.bindings) < maxBindings {
+		s.bindings[binding{m.Group, m.Topic}] = struct{}{}
 	}
 	if t.marked && seq <= t.seq {
 		return // a marker written again, or late: the term has moved on
@@ -790,7 +837,7 @@ func (r *Runtime) checkpoint(ctx context.Context, ps *partState) error {
 	}
 
 	m := checkpointMarker{
-		Term: ck.term, Seq: seq, Topic: r.cfg.Topic, Partition: ps.id, Offset: ps.next,
+		Term: ck.term, Seq: seq, Topic: r.cfg.Topic, Partition: ps.id, Offset: ps.next, Group: r.cfg.Group,
 		State:  ps.p.AppendPartitionState(nil),
 		Policy: ps.rv.AppendBinary(nil),
 		Agents: ps.p.NumAgents(), Classes: len(ps.p.classes),
@@ -844,9 +891,14 @@ func (r *Runtime) restore(ctx context.Context, ps *partState, committed int64, l
 		return committed, nil
 	}
 	m := rs.marker
-	if m.Topic != r.cfg.Topic || m.Partition != ps.id {
-		return 0, fmt.Errorf("state topic %s: partition %d holds the state of %s partition %d, not of %s partition %d (is kafka.state_topic shared with another deployment?): %w",
-			r.cfg.StateTopic, ps.id, m.Topic, m.Partition, r.cfg.Topic, ps.id, errStatePermanent)
+	if err := r.foreign(&m, ps.id, committed); err != nil {
+		return 0, err
+	}
+	for b := range scan.bindings {
+		if b.group != "" && b != (binding{r.cfg.Group, r.cfg.Topic}) {
+			log.Warn("state topic: another consumer group or topic also wrote checkpoints to this partition; the last one is this group's and is restored, but a state topic shared by groups loses state: give each group a state topic of its own (kafka.state_topic)",
+				"topic", r.cfg.StateTopic, "group", r.cfg.Group, "other_group", b.group, "other_topic", b.topic)
+		}
 	}
 	if len(rs.problems) > 0 {
 		r.m.restoreIncomplete.Inc()
@@ -895,9 +947,9 @@ func (r *Runtime) restore(ctx context.Context, ps *partState, committed int64, l
 	if m.DedupGen > 0 {
 		ps.ck.dedupKeys[m.DedupGen-1] = m.DedupPrev
 	}
-	from, why := resumeAt(committed, m.Offset)
+	from, why := resumeAt(committed, m.Offset, m.Group != "")
 	lvl := slog.LevelInfo
-	if committed > m.Offset {
+	if from != m.Offset {
 		lvl = slog.LevelWarn
 	}
 	d := time.Since(start)
@@ -909,14 +961,42 @@ func (r *Runtime) restore(ctx context.Context, ps *partState, committed int64, l
 
 func isNil(b []byte) bool { return b == nil }
 
+// foreign returns an error (wrapping errStatePermanent) when checkpoint m,
+// found in state partition part, is not this group's checkpoint of
+// partition part of its events topic; committed is the group's committed
+// offset for the partition (< 0: none). See the top of this file for why
+// another group's checkpoint is refused, not ignored.
+func (r *Runtime) foreign(m *checkpointMarker, part int, committed int64) error {
+	own := r.cfg.Group + "-state"
+	if own == r.cfg.StateTopic {
+		own = r.cfg.Group + "-state-2"
+	}
+	switch {
+	case m.Topic != r.cfg.Topic || m.Partition != part:
+		return fmt.Errorf("state topic %s: partition %d holds the checkpoints of %s partition %d, not of %s partition %d: a state topic belongs to one events topic and one consumer group (is kafka.state_topic shared with another deployment, or was kafka.repartition switched?); point kafka.state_topic at a topic of its own, e.g. %s (vigil creates it): %w",
+			r.cfg.StateTopic, part, m.Topic, m.Partition, r.cfg.Topic, part, own, errStatePermanent)
+	case m.Group != "" && m.Group != r.cfg.Group:
+		return fmt.Errorf("state topic %s: partition %d holds the checkpoints of consumer group %q, and this is group %q: a state topic belongs to one group, and resuming at another group's checkpoint would skip every event before it; give group %q a state topic of its own: set kafka.state_topic, e.g. to %s (vigil creates it): %w",
+			r.cfg.StateTopic, part, m.Group, r.cfg.Group, r.cfg.Group, own, errStatePermanent)
+	case m.Group == "" && committed < 0:
+		return fmt.Errorf("state topic %s: partition %d holds a checkpoint of an older vigil, which names no consumer group, and group %q has committed no offset for the partition, so the checkpoint may be another group's and resuming at it (offset %d) could skip events; give group %q a state topic of its own: set kafka.state_topic, e.g. to %s (vigil creates it); or, if the checkpoint is this group's, commit offset %d for the partition (kafka-consumer-groups.sh --reset-offsets) and start again: %w",
+			r.cfg.StateTopic, part, r.cfg.Group, m.Offset, r.cfg.Group, own, m.Offset, errStatePermanent)
+	}
+	return nil
+}
+
 // resumeAt is where a partition restored from a checkpoint at offset ckpt
-// resumes, given its committed offset (< 0: none), and why.
-func resumeAt(committed, ckpt int64) (int64, string) {
+// resumes, given its committed offset (< 0: none) and whether the
+// checkpoint names its consumer group (bound; an unbound one is the group's
+// only if it has committed an offset, see foreign), and why.
+func resumeAt(committed, ckpt int64, bound bool) (int64, string) {
 	switch {
 	case committed > ckpt:
 		return committed, "the committed offset is ahead of the checkpoint (offsets moved by hand, or old state): events in between are not in the agents' baselines"
 	case committed < 0:
 		return ckpt, "no committed offset: resuming at the checkpoint"
+	case committed < ckpt && !bound:
+		return committed, "the checkpoint, of an older vigil, names no consumer group: resuming at the group's committed offset, behind it, rather than skip events on its word"
 	case committed < ckpt:
 		return ckpt, "resuming at the checkpoint, ahead of the committed offset: the previous owner stopped between its checkpoint and its commit, after writing every output below the checkpoint"
 	}

@@ -216,7 +216,7 @@ func agentRec(term, seq uint64, p *Pipeline, id string) scanRec {
 }
 
 func markerRec(term, seq uint64, offset int64, agents int) scanRec {
-	m := checkpointMarker{Term: term, Seq: seq, Topic: "agent-events", Offset: offset, Agents: agents}
+	m := checkpointMarker{Term: term, Seq: seq, Topic: "agent-events", Group: "vigil", Offset: offset, Agents: agents}
 	return scanRec{markerKey, m.appendPayload(appendEnvelope(nil, term, seq))}
 }
 
@@ -365,7 +365,7 @@ func TestStateScanDedupPieces(t *testing.T) {
 	piece := func(term, seq, gen uint64, n int, b string) scanRec {
 		return scanRec{string(appendDedupKey(nil, gen, n)), appendDedupPiece(appendEnvelope(nil, term, seq), gen, n, []byte(b))}
 	}
-	m := checkpointMarker{Term: 7, Seq: 2, Topic: "agent-events", Offset: 5, DedupGen: 4, DedupCur: 2, DedupPrev: 1}
+	m := checkpointMarker{Term: 7, Seq: 2, Topic: "agent-events", Group: "vigil", Offset: 5, DedupGen: 4, DedupCur: 2, DedupPrev: 1}
 	recs := []scanRec{
 		piece(6, 1, 4, 0, "old term"),
 		piece(7, 1, 2, 0, "gone gen"), piece(7, 1, 3, 0, "prev-0.."), piece(7, 1, 4, 0, "cur-0..."),
@@ -393,33 +393,116 @@ func TestStateScanDedupPieces(t *testing.T) {
 }
 
 // A partition resumes at its checkpoint unless the committed offset is ahead
-// of it.
+// of it, or the checkpoint names no group (older than version 3) and the
+// committed offset is behind it.
 func TestResumeAt(t *testing.T) {
-	for _, tc := range []struct{ committed, ckpt, want int64 }{
-		{-2, 100, 100}, // no commit (kafka-go's FirstOffset)
-		{-1, 100, 100},
-		{40, 100, 100},  // died between checkpoint and commit
-		{100, 100, 100}, // the usual case
-		{150, 100, 150}, // moved by hand
+	for _, tc := range []struct {
+		committed, ckpt int64
+		bound           bool
+		want            int64
+	}{
+		{-2, 100, true, 100}, // no commit (kafka-go's FirstOffset)
+		{-1, 100, true, 100},
+		{40, 100, true, 100},  // died between checkpoint and commit
+		{100, 100, true, 100}, // the usual case
+		{150, 100, true, 150}, // moved by hand
+		{40, 100, false, 40},  // maybe another group's: skip nothing
+		{100, 100, false, 100},
+		{150, 100, false, 150},
 	} {
-		if got, why := resumeAt(tc.committed, tc.ckpt); got != tc.want || why == "" {
-			t.Errorf("resumeAt(%d, %d) = %d %q, want %d", tc.committed, tc.ckpt, got, why, tc.want)
+		if got, why := resumeAt(tc.committed, tc.ckpt, tc.bound); got != tc.want || why == "" {
+			t.Errorf("resumeAt(%d, %d, %v) = %d %q, want %d", tc.committed, tc.ckpt, tc.bound, got, why, tc.want)
 		}
+	}
+}
+
+// A checkpoint is this group's checkpoint of its partition of its events
+// topic, or restore refuses it with an error that says what to do (issue
+// 12: a second group restored the first one's checkpoints and consumed
+// nothing). A marker older than version 3 names no group: it is taken only
+// from a group that has committed an offset for the partition.
+func TestCheckpointBinding(t *testing.T) {
+	r := &Runtime{cfg: DefaultRuntimeConfig()}
+	r.cfg.Group = "other"
+	for _, tc := range []struct {
+		name      string
+		m         checkpointMarker
+		committed int64
+		want      []string // in the error; nil: accepted
+	}{
+		{name: "this group's", m: checkpointMarker{Group: "other", Topic: "agent-events", Partition: 3}, committed: -2},
+		{name: "another group's", m: checkpointMarker{Group: "vigil", Topic: "agent-events", Partition: 3}, committed: -2,
+			want: []string{`consumer group "vigil"`, `group "other"`, "kafka.state_topic", "other-state", "vigil-state"}},
+		{name: "another group's, with commits of its own", m: checkpointMarker{Group: "vigil", Topic: "agent-events", Partition: 3}, committed: 50,
+			want: []string{`consumer group "vigil"`}},
+		{name: "another topic's", m: checkpointMarker{Group: "other", Topic: "vigil-repartition", Partition: 3}, committed: 5,
+			want: []string{"vigil-repartition partition 3", "agent-events partition 3", "kafka.state_topic"}},
+		{name: "another partition's", m: checkpointMarker{Group: "other", Topic: "agent-events", Partition: 1}, committed: 5,
+			want: []string{"agent-events partition 1"}},
+		{name: "unbound, committed", m: checkpointMarker{Topic: "agent-events", Partition: 3, Offset: 90}, committed: 40},
+		{name: "unbound, nothing committed", m: checkpointMarker{Topic: "agent-events", Partition: 3, Offset: 90}, committed: -2,
+			want: []string{"names no consumer group", `group "other" has committed no offset`, "kafka.state_topic", "commit offset 90"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := r.foreign(&tc.m, 3, tc.committed)
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, errStatePermanent) {
+				t.Fatalf("error %v, want one wrapping errStatePermanent", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not say %q: %v", w, err)
+				}
+			}
+		})
+	}
+	if o := (&Runtime{cfg: DefaultRuntimeConfig()}).foreign(&checkpointMarker{Group: "x", Topic: "agent-events"}, 0, 1); !strings.Contains(o.Error(), "vigil-state-2") {
+		t.Errorf("group vigil on vigil-state is told to use vigil-state: %v", o)
+	}
+
+	// The scan records the binding of every marker, not only the last.
+	s := newStateScan()
+	for i, m := range []checkpointMarker{{Topic: "agent-events"}, {Group: "vigil", Topic: "agent-events"}, {Group: "other", Topic: "agent-events"}} {
+		m.Term, m.Seq = uint64(i+1), 1
+		v := m.appendPayload(appendEnvelope(nil, m.Term, m.Seq))
+		if m.Group == "" { // a version 2 marker: no group at its end
+			v = v[:len(v)-1]
+			v[12] = 2 // after the envelope (11 bytes here) and the magic
+		}
+		s.add(int64(i), []byte(markerKey), v)
+	}
+	if len(s.bindings) != 3 || s.result().marker.Group != "other" {
+		t.Errorf("bindings %v, last marker %+v", s.bindings, s.result().marker)
 	}
 }
 
 func TestMarkerRoundTripAndGarbage(t *testing.T) {
 	p, _ := NewPipeline(DefaultConfig(), nil)
-	m := checkpointMarker{Term: 1 << 60, Seq: 300, Topic: "agent-events", Partition: 5, Offset: 1 << 40,
+	m := checkpointMarker{Term: 1 << 60, Seq: 300, Topic: "agent-events", Partition: 5, Offset: 1 << 40, Group: "vigil",
 		State: p.AppendPartitionState(nil), Agents: 10000, Classes: 12, DedupGen: 1 << 40, DedupCur: 3, DedupPrev: 70,
 		Policy: (&Revoker{recent: map[string][]critical{"a": {{at: 5}}}}).AppendBinary(nil)}
 	v := m.appendPayload(appendEnvelope(nil, m.Term, m.Seq))
-	// A version 1 marker (before the policy's state was kept) still reads.
-	_, _, p2, _ := parseEnvelope(v)
-	old := append([]byte(nil), p2[:len(p2)-len(m.Policy)-1]...)
-	old[1] = 1
-	if got, err := parseMarker(1, 1, old); err != nil || got.Policy != nil || got.Agents != m.Agents {
+	// Markers of versions 2 (before the group was recorded) and 1 (before
+	// the policy's state was kept) still read, bound to no group.
+	_, _, p3, _ := parseEnvelope(v)
+	v2 := append([]byte(nil), p3[:len(p3)-len(m.Group)-1]...)
+	v2[1] = 2
+	if got, err := parseMarker(1, 1, v2); err != nil || got.Group != "" || !bytes.Equal(got.Policy, m.Policy) || got.Agents != m.Agents {
+		t.Errorf("version 2 marker: %+v, %v", got, err)
+	}
+	v1 := append([]byte(nil), v2[:len(v2)-len(m.Policy)-1]...)
+	v1[1] = 1
+	if got, err := parseMarker(1, 1, v1); err != nil || got.Group != "" || got.Policy != nil || got.Agents != m.Agents {
 		t.Errorf("version 1 marker: %+v, %v", got, err)
+	}
+	// Version 3 on, a marker always names its group.
+	if _, err := parseMarker(1, 1, (&checkpointMarker{Topic: "agent-events"}).appendPayload(nil)); !errors.Is(err, ErrState) {
+		t.Errorf("a version 3 marker without a group: %v, want ErrState", err)
 	}
 	term, seq, payload, err := parseEnvelope(v)
 	if err != nil {
@@ -455,7 +538,7 @@ func FuzzRestoreState(f *testing.F) {
 	f.Add(a)
 	f.Add(c)
 	f.Add(p.AppendPartitionState(nil))
-	m := checkpointMarker{Term: 1, Seq: 1, Topic: "t", Offset: 3, Agents: 1}
+	m := checkpointMarker{Term: 1, Seq: 1, Topic: "t", Group: "g", Offset: 3, Agents: 1}
 	f.Add(m.appendPayload(appendEnvelope(nil, 1, 1)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		q, _ := NewPipeline(DefaultConfig(), nil)

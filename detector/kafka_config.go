@@ -32,7 +32,9 @@ type RuntimeConfig struct {
 	// checkpointed state (agents, peer groups, watermark), partition P for
 	// events partition P: it must have as many partitions as Topic. Run
 	// creates it (cleanup.policy=compact, the broker's default replication)
-	// if it does not exist.
+	// if it does not exist. It belongs to one Group: checkpoints name their
+	// group and events topic, and Run stops with an error on another's
+	// (each group needs a StateTopic of its own).
 	StateTopic string `yaml:"state_topic"`
 	// Repartition is for producers that do not key the events by agent_id:
 	// a Repartitioner (consumer group Group + "-repartition") copies Topic

@@ -142,7 +142,8 @@ func (r *Runtime) SetSigner(s *Signer) { r.signer = s }
 // checkpoint and commit, leaves the group and returns nil. It returns an
 // error only if the group or the state topic cannot be set up (the state
 // topic must have as many partitions as the events topic), the state cannot
-// be used, or a Sink fails permanently. Join and connection errors are
+// be used (among others: it holds another consumer group's or events topic's
+// checkpoints), or a Sink fails permanently. Join and connection errors are
 // logged and retried. Run may be called once.
 func (r *Runtime) Run(ctx context.Context) error {
 	if _, err := NewRevoker(r.det.Revocation, r.signer); err != nil {
