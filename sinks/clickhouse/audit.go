@@ -479,6 +479,9 @@ func (s *Sink) CheckHead(ctx context.Context, h Head) error {
 		return &ChainError{Topic: h.Topic, Partition: h.Partition, Kind: BreakHead, Seq: h.Seq, Msg: fmt.Sprintf(format, args...)}
 	}
 	switch {
+	case last == 0:
+		return broken("the chain has no entries, but a head at entry %d was published at %s (hash %s): the chain was removed",
+			h.Seq, h.At.UTC().Format(time.RFC3339), h.Hash)
 	case last < h.Seq:
 		return broken("the chain ends at entry %d, before entry %d, the head published at %s (hash %s): entries were removed from its end",
 			last, h.Seq, h.At.UTC().Format(time.RFC3339), h.Hash)

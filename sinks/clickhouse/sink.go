@@ -107,11 +107,11 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Sink, error) {
 	var n uint64
 	err = conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ? AND name = 'audit'", cfg.Database).Scan(&n)
 	if err == nil && n == 0 {
-		err = fmt.Errorf("database %s has no audit table: is it vigil's (clickhouse.database)?", cfg.Database)
+		err = errors.New("it has no audit table: is it vigil's (clickhouse.database)?")
 	}
 	if err != nil {
 		conn.Close()
-		return nil, classify("open "+cfg.Database, err)
+		return nil, fmt.Errorf("clickhouse: open database %s: %w", cfg.Database, err)
 	}
 	return wrapConn(conn, cfg, log), nil
 }
