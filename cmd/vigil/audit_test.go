@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vigil-sec/vigil/detector"
+	"github.com/vigil-sec/vigil/sim"
 	"github.com/vigil-sec/vigil/sinks/clickhouse"
 	"github.com/vigil-sec/vigil/sinks/sinktest"
 )
@@ -257,4 +258,76 @@ func TestAuditVerify(t *testing.T) {
 			}
 		}
 	})
+}
+
+// vigil run with ClickHouse publishes every chain's head to the heads
+// topic, the last when it stops, and exposes their sequence numbers;
+// vigil audit verify then finds the chains intact and holding those heads.
+func TestRunPublishesAuditHeads(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts ClickHouse")
+	}
+	ch := sinktest.StartClickHouse(t)
+	const parts = 2
+	addr := startDevbroker(t, "--topic", "agent-events:2")
+	cfg := sim.DefaultConfig()
+	cfg.Agents, cfg.Days, cfg.WarmupDays, cfg.Incidents, cfg.Seed = 12, 3, 2, 3, 5
+	msgs := simMessages(t, cfg)
+	produce(t, addr, msgs, 0)
+	conf := writeFile(t, t.TempDir(), "vigil.yaml", fmt.Sprintf(`
+kafka:
+  checkpoint_interval: 300ms
+  flush_interval: 200ms
+outputs:
+  stdout: false
+  clickhouse:
+    enabled: true
+    addr: [%q]
+    database: heads_test
+    audit_heads:
+      enabled: true
+      topic: heads-run
+      interval: 200ms
+`, ch.Addr()))
+	var stdout, stderr syncBuffer
+	web, rc := startRun(t, addr, "heads", &stdout, &stderr, "--config", conf)
+	waitFor(t, 60*time.Second, "every event consumed and committed", func() bool {
+		c, e := groupProgress(t, addr, "heads", parts)
+		return c == e && e == int64(len(msgs))
+	})
+	body := scrape(t, web)
+	promtoolCheckMetrics(t, body)
+	if metricSum(body, "vigil_audit_chain_head_sequence") == 0 {
+		t.Fatalf("no vigil_audit_chain_head_sequence: the scenario must raise alerts:\n%s", tail(stderr.String(), 2000))
+	}
+	sigterm(t, rc, &stderr)
+	if !strings.Contains(stderr.String(), "created the audit heads topic") || !strings.Contains(stderr.String(), `msg="audit chain head"`) {
+		t.Errorf("the log does not show the heads topic created and heads published:\n%s", tail(stderr.String(), 3000))
+	}
+
+	rcode, heads := auditVerify("heads", "--kafka.brokers", addr, "--head-topic", "heads-run")
+	if rcode != 0 || heads == "" {
+		t.Fatalf("audit heads: rc %d:\n%s", rcode, heads)
+	}
+	// The last head published of each chain is its end in ClickHouse.
+	last := map[string]uint64{}
+	for _, l := range strings.Split(strings.TrimSpace(heads), "\n") {
+		h, err := parseHead([]byte(l))
+		if err != nil {
+			t.Fatal(err)
+		}
+		last[h.Key()] = max(last[h.Key()], h.Seq)
+	}
+	for key, seq := range last {
+		topic, part, _ := strings.Cut(key, "/")
+		got := strings.TrimSpace(ch.Query(t, fmt.Sprintf("SELECT max(seq) FROM heads_test.audit WHERE topic = '%s' AND kafka_partition = %s", topic, part)))
+		if got != fmt.Sprint(seq) {
+			t.Errorf("%s: last published head %d, chain ends at %s", key, seq, got)
+		}
+	}
+	rcode, out := auditVerify("verify", "--clickhouse.addr", ch.Addr(), "--clickhouse.database", "heads_test", "--head-topic", "heads-run", "--kafka.brokers", addr)
+	if rcode != 0 || !strings.Contains(out, "0 broken") {
+		t.Fatalf("audit verify: rc %d:\n%s", rcode, out)
+	}
+	t.Logf("%s", out)
 }
