@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -22,6 +23,7 @@ Usage:
   vigil simulate  [--out FILE] [--truth FILE] ...             write a synthetic fleet with labelled incidents
   vigil devbroker [--listen H:P] [--topic NAME:N]...          run an in-memory Kafka-protocol broker (development)
   vigil schema    clickhouse                                  print the ClickHouse DDL (deploy/clickhouse/schema.sql)
+  vigil audit     verify|heads [--config FILE] [--head FILE]  check the ClickHouse audit chains (and against published heads)
   vigil keygen    --key FILE --pub FILE                       write an Ed25519 key pair for signing revocation requests
   vigil sign-events --key FILE --kid ID [--input FILE]        sign JSONL events as an emitter does (--keyring-entry: its keyring line)
   vigil verify-revocation --pub KID=FILE [FILE|-]             check the signatures of revocation requests
@@ -59,6 +61,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = runVerifyRevocation(ctx, args[1:], stdin, stdout, stderr)
 	case "schema":
 		err = runSchema(ctx, args[1:], stdout, stderr)
+	case "audit":
+		err = runAudit(ctx, args[1:], stdin, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "vigil", version)
 	case "help", "-h", "--help":
@@ -70,6 +74,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if err != nil {
 		if err == errUsage {
 			return 2
+		}
+		var code exitCode
+		if errors.As(err, &code) {
+			return int(code)
 		}
 		fmt.Fprintln(stderr, "vigil:", err)
 		return 1

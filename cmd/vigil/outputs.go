@@ -52,10 +52,12 @@ type KafkaOutput struct {
 	kafkasink.Config `yaml:",inline"`
 }
 
-// ClickHouseOutput is the ClickHouse sink's configuration and a switch.
+// ClickHouseOutput is the ClickHouse sink's configuration and a switch,
+// and where the heads of its audit chains are published.
 type ClickHouseOutput struct {
 	Enabled           bool `yaml:"enabled"`
 	clickhouse.Config `yaml:",inline"`
+	AuditHeads        AuditHeads `yaml:"audit_heads"`
 }
 
 // DefaultOutputs returns the defaults: stdout, and dead letters and (when
@@ -66,7 +68,7 @@ func DefaultOutputs() Outputs {
 		Revocations:  KafkaOutput{Enabled: true, Config: kafkasink.DefaultRevocationsConfig()},
 		DeadLetters:  KafkaOutput{Enabled: true, Config: kafkasink.DefaultDeadLettersConfig()},
 		Alertmanager: alertmanager.DefaultConfig(),
-		ClickHouse:   ClickHouseOutput{Config: clickhouse.DefaultConfig()},
+		ClickHouse:   ClickHouseOutput{Config: clickhouse.DefaultConfig(), AuditHeads: DefaultAuditHeads()},
 		Webhook:      webhook.DefaultConfig(),
 	}
 }
@@ -143,6 +145,14 @@ func buildOutputs(ctx context.Context, cfg Config, stdout, stderr io.Writer, reg
 			return nil, fmt.Errorf("outputs.clickhouse: %w", err)
 		}
 		o.add(s, s.Close)
+		p, err := newHeadPublisher(ctx, s, cfg.Kafka, oc.ClickHouse.AuditHeads, reg, log)
+		if err != nil {
+			return nil, err
+		}
+		// A sink loop: its last publication follows the runtime's last
+		// writes (see start).
+		o.run = append(o.run, p.Run)
+		o.close = append(o.close, p.Close)
 	}
 	if len(o.sinks) == 0 {
 		return nil, errors.New("outputs: every sink is disabled; enable at least one (stdout, alertmanager, clickhouse, dead_letters)")

@@ -20,6 +20,12 @@
 // again at all, so those tables and the chain hold them once even before a
 // merge.
 //
+// VerifyChain recomputes a chain and says how it is broken (ChainError);
+// Heads are the chains' last entries as this Sink wrote them, which vigil
+// run publishes outside ClickHouse, and CheckHead checks a chain against
+// one. Open connects to an existing database to verify it, creating and
+// migrating nothing.
+//
 // Errors that retrying cannot fix (the schema or a value is rejected,
 // authentication fails) wrap detector.ErrPermanent; connection errors and
 // timeouts do not, and the caller retries with backoff.

@@ -26,6 +26,7 @@ type Sink struct {
 
 	mu     sync.Mutex
 	chains map[chainKey]*sync.Mutex // serialises appends to one chain
+	heads  map[chainKey]Head        // each chain's head after this Sink's last append
 }
 
 var _ detector.Sink = (*Sink)(nil)
@@ -57,28 +58,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout+cfg.WriteTimeout)
 	defer cancel()
-	pw, err := cfg.password()
+	opts, err := cfg.options()
 	if err != nil {
 		return nil, err
-	}
-	tc, err := cfg.TLS.config()
-	if err != nil {
-		return nil, err
-	}
-	opts := func(db string) *ch.Options {
-		return &ch.Options{
-			Addr:        cfg.Addr,
-			Auth:        ch.Auth{Database: db, Username: cfg.Username, Password: pw},
-			TLS:         tc,
-			DialTimeout: cfg.DialTimeout,
-			Compression: &ch.Compression{Method: ch.CompressionLZ4},
-			ClientInfo:  ch.ClientInfo{Products: []struct{ Name, Version string }{{Name: "vigil", Version: "1"}}},
-		}
 	}
 	// The database must exist before a connection can default to it.
 	boot, err := ch.Open(opts(""))
@@ -94,12 +78,72 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Sink, error) {
 	if err != nil {
 		return nil, classify("connect", err)
 	}
-	s := &Sink{conn: conn, cfg: cfg, log: log, chains: make(map[chainKey]*sync.Mutex)}
+	s := wrapConn(conn, cfg, log)
 	if err := s.migrate(ctx); err != nil {
 		conn.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// Open connects to an existing vigil database to read it (VerifyChain,
+// Chains, CheckHead): it creates and migrates nothing, so a user allowed
+// only to read will do. It fails when the database has no audit table.
+// Do not Write to the Sink it returns. log may be nil.
+func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Sink, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout+cfg.WriteTimeout)
+	defer cancel()
+	opts, err := cfg.options()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := ch.Open(opts(cfg.Database))
+	if err != nil {
+		return nil, classify("connect", err)
+	}
+	var n uint64
+	err = conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ? AND name = 'audit'", cfg.Database).Scan(&n)
+	if err == nil && n == 0 {
+		err = errors.New("it has no audit table: is it vigil's (clickhouse.database)?")
+	}
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("clickhouse: open database %s: %w", cfg.Database, err)
+	}
+	return wrapConn(conn, cfg, log), nil
+}
+
+func wrapConn(conn driver.Conn, cfg Config, log *slog.Logger) *Sink {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Sink{conn: conn, cfg: cfg, log: log, chains: make(map[chainKey]*sync.Mutex), heads: make(map[chainKey]Head)}
+}
+
+// options returns the connection options for a database ("": the
+// server's default), reading the password and TLS files now.
+func (cfg Config) options() (func(db string) *ch.Options, error) {
+	pw, err := cfg.password()
+	if err != nil {
+		return nil, err
+	}
+	tc, err := cfg.TLS.config()
+	if err != nil {
+		return nil, err
+	}
+	return func(db string) *ch.Options {
+		return &ch.Options{
+			Addr:        cfg.Addr,
+			Auth:        ch.Auth{Database: db, Username: cfg.Username, Password: pw},
+			TLS:         tc,
+			DialTimeout: cfg.DialTimeout,
+			Compression: &ch.Compression{Method: ch.CompressionLZ4},
+			ClientInfo:  ch.ClientInfo{Products: []struct{ Name, Version string }{{Name: "vigil", Version: "1"}}},
+		}
+	}, nil
 }
 
 // Migrations run in every instance as it starts, and every member of a

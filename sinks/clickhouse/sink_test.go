@@ -421,26 +421,37 @@ func TestAuditChainDetectsTampering(t *testing.T) {
 		name   string
 		tamper func(t *testing.T, db string, f *fixture)
 		want   string
+		kind   BreakKind
 	}{
-		{"none", func(*testing.T, string, *fixture) {}, ""},
+		{"none", func(*testing.T, string, *fixture) {}, "", ""},
 		{"entry changed", func(t *testing.T, db string, f *fixture) {
 			mutate(t, srv, db, "ALTER TABLE audit UPDATE record = replaceOne(record, '\"score\":97', '\"score\":17') WHERE seq = 1 AND kafka_partition = 0")
-		}, "entry 1 (alert " + fixtureAlertID + ") does not match its hash"},
+		}, "entry 1 (alert " + fixtureAlertID + ") does not match its hash", BreakAltered},
 		{"alert replaced", func(t *testing.T, db string, f *fixture) {
 			query(t, srv, db, fmt.Sprintf(`INSERT INTO alerts (alert_id, agent_id, window_start, score, severity, kind, topic, kafka_partition, json)
 				SELECT alert_id, agent_id, window_start, 17, severity, kind, topic, kafka_partition, replaceOne(json, '"score":97', '"score":17')
 				FROM alerts FINAL WHERE alert_id = '%s'`, fixtureAlertID))
-		}, "alert " + fixtureAlertID + " differs from its chain entry"},
+		}, "alert " + fixtureAlertID + " differs from its chain entry", BreakAltered},
 		{"column changed", func(t *testing.T, db string, f *fixture) {
 			mutate(t, srv, db, fmt.Sprintf("ALTER TABLE alerts UPDATE score = 17 WHERE alert_id = '%s'", fixtureAlertID))
-		}, "alert " + fixtureAlertID + ": its columns disagree with its JSON"},
+		}, "alert " + fixtureAlertID + ": its columns disagree with its JSON", BreakAltered},
 		{"alert inserted", func(t *testing.T, db string, f *fixture) {
 			query(t, srv, db, fmt.Sprintf(`INSERT INTO alerts (alert_id, agent_id, window_start, topic, kafka_partition, json)
 				VALUES ('forged', '%s', '%s', 'agent-events', 0, '{}')`, agentPayments, dt(f.ts(1))))
-		}, "alert forged is not in the chain"},
+		}, "alert forged is not in the chain", BreakAltered},
 		{"entry removed", func(t *testing.T, db string, f *fixture) {
 			mutate(t, srv, db, "ALTER TABLE audit DELETE WHERE seq = 2 AND kafka_partition = 0")
-		}, "entry 2 is missing"},
+		}, "entry 2 is missing", BreakMissing},
+		{"entries swapped", func(t *testing.T, db string, f *fixture) {
+			rebuildAudit(t, srv, db, "multiIf(kafka_partition = 0 AND seq = 1, 2, kafka_partition = 0 AND seq = 2, 1, seq)")
+		}, ") was written as entry 2: entries were reordered", BreakReordered},
+		{"entry removed, the rest renumbered", func(t *testing.T, db string, f *fixture) {
+			mutate(t, srv, db, "ALTER TABLE audit DELETE WHERE seq = 1 AND kafka_partition = 0")
+			rebuildAudit(t, srv, db, "if(kafka_partition = 0, seq - 1, toInt64(seq))")
+		}, ") follows an entry that is no longer in the chain", BreakMissing},
+		{"alert row removed", func(t *testing.T, db string, f *fixture) {
+			mutate(t, srv, db, fmt.Sprintf("ALTER TABLE alerts DELETE WHERE alert_id = '%s'", fixtureAlertID))
+		}, "alert " + fixtureAlertID + " in the chain is missing from its table", BreakMissing},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -458,8 +469,9 @@ func TestAuditChainDetectsTampering(t *testing.T) {
 				}
 				return
 			}
-			if !errors.Is(err, ErrChainBroken) || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("VerifyChain: %v; want ErrChainBroken: %s", err, tc.want)
+			var ce *ChainError
+			if !errors.Is(err, ErrChainBroken) || !strings.Contains(err.Error(), tc.want) || !errors.As(err, &ce) || ce.Kind != tc.kind {
+				t.Fatalf("VerifyChain: %v; want ErrChainBroken (%s): %s", err, tc.kind, tc.want)
 			}
 			// The other partition's chain is intact.
 			if _, err := s.VerifyChain(ctx, fixtureTopic, 1); err != nil {
@@ -500,6 +512,63 @@ func TestAuditChainDetectsTampering(t *testing.T) {
 			t.Fatalf("VerifyChain: %d, %v; want 4 entries", n, err)
 		}
 	})
+}
+
+// Heads are each chain's last entry; CheckHead finds them in an intact
+// chain and misses them in one whose end was cut off, which VerifyChain
+// alone cannot tell.
+func TestHeads(t *testing.T) {
+	t.Parallel()
+	srv := sinktest.SharedClickHouse(t)
+	ctx := context.Background()
+	s, cfg := newSink(t, srv)
+	f := newFixture(t)
+	f.write(t, s)
+	heads := s.Heads()
+	if len(heads) != 2 || heads[0].Key() != fixtureTopic+"/0" || heads[0].Seq != 3 || heads[1].Seq != 2 || len(heads[0].Hash) != 64 {
+		t.Fatalf("Heads: %+v; want %s/0 at 3 and /1 at 2", heads, fixtureTopic)
+	}
+	for _, h := range heads {
+		if err := s.CheckHead(ctx, h); err != nil {
+			t.Errorf("CheckHead(%+v): %v", h, err)
+		}
+	}
+	r, err := Open(ctx, cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if chains, err := r.Chains(ctx); err != nil || len(chains) != 2 || chains[1].Key() != fixtureTopic+"/1" {
+		t.Fatalf("Chains: %+v, %v", chains, err)
+	}
+	// Cut the last entry (the revocation request) and its row off.
+	mutate(t, srv, cfg.Database, "ALTER TABLE audit DELETE WHERE seq = 3 AND kafka_partition = 0")
+	mutate(t, srv, cfg.Database, fmt.Sprintf("ALTER TABLE revocations DELETE WHERE request_id = '%s'", f.revs[0].RequestID))
+	if n, err := r.VerifyChain(ctx, fixtureTopic, 0); err != nil || n != 2 {
+		t.Fatalf("VerifyChain after the cut: %d, %v; want 2 entries, nil", n, err)
+	}
+	var ce *ChainError
+	if err := r.CheckHead(ctx, heads[0]); !errors.As(err, &ce) || ce.Kind != BreakHead || !strings.Contains(err.Error(), "the chain ends at entry 2, before entry 3") {
+		t.Fatalf("CheckHead after the cut: %v", err)
+	}
+	forged := heads[1]
+	forged.Hash = strings.Repeat("a", 64)
+	if err := r.CheckHead(ctx, forged); !errors.As(err, &ce) || ce.Kind != BreakHead || !strings.Contains(err.Error(), "the chain was rewritten") {
+		t.Fatalf("CheckHead of another hash: %v", err)
+	}
+	if _, err := Open(ctx, Config{Addr: cfg.Addr, Database: "no_such_db", Username: "default", DialTimeout: time.Second, WriteTimeout: time.Second}, nil); err == nil {
+		t.Error("Open of a database without an audit table succeeded")
+	}
+}
+
+// rebuildAudit rewrites the audit table with seq computed by seqExpr, through
+// a copy: ClickHouse cannot UPDATE seq, a column of the sort key.
+func rebuildAudit(t *testing.T, srv *sinktest.ClickHouse, db, seqExpr string) {
+	t.Helper()
+	query(t, srv, db, "CREATE TABLE audit_new AS audit; "+
+		"INSERT INTO audit_new (topic, kafka_partition, seq, record_type, record_id, at, prev_hash, hash, record) "+
+		"SELECT topic, kafka_partition, toUInt64("+seqExpr+"), record_type, record_id, at, prev_hash, hash, record FROM audit; "+
+		"DROP TABLE audit; RENAME TABLE audit_new TO audit")
 }
 
 // mutate runs an ALTER TABLE … UPDATE/DELETE and waits for it: mutations
