@@ -14,7 +14,7 @@ import (
 func BenchmarkIdleAgentMemory(b *testing.B) {
 	const agents = 20000
 	for b.Loop() {
-		p, err := NewPipeline(DefaultConfig(), nil)
+		p, err := NewPipeline(memConfig(agents), nil)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -34,7 +34,7 @@ func BenchmarkIdleAgentMemory(b *testing.B) {
 func BenchmarkEvictedAgentMemory(b *testing.B) {
 	const agents = 20000
 	for b.Loop() {
-		p, err := NewPipeline(DefaultConfig(), nil)
+		p, err := NewPipeline(memConfig(agents), nil)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -75,4 +75,12 @@ func idleFleet(b *testing.B, p *Pipeline, agents int) time.Time {
 	}
 	p.Flush()
 	return ts
+}
+
+// memConfig is the default configuration holding a fleet of n agents that
+// are all new at once (the bound on new identities would refuse most).
+func memConfig(n int) Config {
+	cfg := DefaultConfig()
+	cfg.MaxNewAgents = max(cfg.MaxNewAgents, n)
+	return cfg
 }
