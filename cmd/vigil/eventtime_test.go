@@ -105,19 +105,7 @@ func TestRunForgedTimestampsBlindNothing(t *testing.T) {
 	}
 	produce(t, addr, out, 0)
 
-	var stdout, stderr syncBuffer
-	web, rc := startRun(t, addr, "eventtime", &stdout, &stderr)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("vigil run stderr (tail):\n%s", tail(stderr.String(), 3000))
-		}
-	})
-	waitFor(t, 60*time.Second, "every event consumed and committed", func() bool {
-		c, e := groupProgress(t, addr, "eventtime", parts)
-		return c == e && e == int64(len(out))
-	})
-	metrics := scrape(t, web)
-	sigterm(t, rc, &stderr)
+	stdout, _, metrics := runToEnd(t, addr, "eventtime", parts, len(out))
 
 	late := metricSum(metrics, `vigil_consumer_dead_letters_total{reason="late"}`)
 	future := metricSum(metrics, `vigil_consumer_dead_letters_total{reason="future"}`)
@@ -158,4 +146,26 @@ func TestRunForgedTimestampsBlindNothing(t *testing.T) {
 		}
 	}
 	t.Logf("alerted: %v (replay of the genuine events: %v)", alerted, want)
+}
+
+// runToEnd runs `vigil run` in group until it has consumed and committed
+// all n messages of the events topic's parts partitions, scrapes its
+// metrics, stops it with SIGTERM, and returns its stdout, stderr and
+// metrics (stderr's tail is logged if the test fails).
+func runToEnd(t *testing.T, addr, group string, parts, n int, extra ...string) (stdout, stderr *syncBuffer, metrics string) {
+	t.Helper()
+	stdout, stderr = &syncBuffer{}, &syncBuffer{}
+	web, rc := startRun(t, addr, group, stdout, stderr, extra...)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("vigil run stderr (tail):\n%s", tail(stderr.String(), 3000))
+		}
+	})
+	waitFor(t, 60*time.Second, "every event consumed and committed", func() bool {
+		c, e := groupProgress(t, addr, group, parts)
+		return c == e && e == int64(n)
+	})
+	metrics = scrape(t, web)
+	sigterm(t, rc, stderr)
+	return stdout, stderr, metrics
 }

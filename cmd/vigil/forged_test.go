@@ -108,19 +108,7 @@ outputs:
 `, len(victims), key))
 	produce(t, addr, msgs, 0)
 
-	var stdout, stderr syncBuffer
-	web, rc := startRun(t, addr, "forged", &stdout, &stderr, "--config", conf)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("vigil run stderr (tail):\n%s", tail(stderr.String(), 3000))
-		}
-	})
-	waitFor(t, 60*time.Second, "every event consumed and committed", func() bool {
-		c, e := groupProgress(t, addr, "forged", parts)
-		return c == e && e == int64(len(msgs))
-	})
-	metrics := scrape(t, web)
-	sigterm(t, rc, &stderr)
+	_, stderr, metrics := runToEnd(t, addr, "forged", parts, len(msgs), "--config", conf)
 
 	// Start-up: enforce runs as dry run, and the log says why and where.
 	var warned bool

@@ -117,19 +117,7 @@ outputs:
 `, keyring, emKey))
 	produce(t, addr, all, 0)
 
-	var stdout, stderr syncBuffer
-	web, rc := startRun(t, addr, "signed", &stdout, &stderr, "--config", conf)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("vigil run stderr (tail):\n%s", tail(stderr.String(), 3000))
-		}
-	})
-	waitFor(t, 60*time.Second, "every event consumed and committed", func() bool {
-		c, e := groupProgress(t, addr, "signed", parts)
-		return c == e && e == int64(len(all))
-	})
-	metrics := scrape(t, web)
-	sigterm(t, rc, &stderr)
+	stdout, _, metrics := runToEnd(t, addr, "signed", parts, len(all), "--config", conf)
 
 	rejected := metricSum(metrics, `vigil_consumer_dead_letters_total{reason="unsigned"}`) + metricSum(metrics, `vigil_consumer_dead_letters_total{reason="bad_signature"}`)
 	if rejected != float64(len(forged)) {
