@@ -53,7 +53,7 @@ func NewFanout(reg prometheus.Registerer, log *slog.Logger, backoff, maxBackoff 
 	}
 	f := promauto.With(reg)
 	outputs := f.NewCounterVec(prometheus.CounterOpts{
-		Name: "vigil_sink_outputs_total", Help: "Outputs made durable in a sink, by sink and output type (alerts, revocations, windows, dead_letters).",
+		Name: "vigil_sink_outputs_total", Help: "Outputs made durable in a sink, by sink and output type (alerts, revocations, windows, dead_letters, outcomes).",
 	}, []string{"sink", "output"})
 	writes := f.NewCounterVec(prometheus.CounterOpts{
 		Name: "vigil_sink_writes_total", Help: "Batch writes to a sink, by result (ok, error).",
@@ -157,4 +157,5 @@ func (w *sinkWriter) count(b *Batch) {
 	add("revocations", len(b.Revocations))
 	add("windows", len(b.Windows))
 	add("dead_letters", len(b.DeadLetters))
+	add("outcomes", len(b.Outcomes))
 }

@@ -134,6 +134,7 @@ func (r *Runtime) newPartState(id int) (*partState, error) {
 	})
 	p.TrackChanges()
 	p.SetKeys(r.keys)
+	p.SetRevoker(rv)
 	p.SetInventory(r.inv)
 	if r.det.EvictAfter > 0 {
 		sp, err := NewSpillFile(r.det.SpillDir)
@@ -349,6 +350,7 @@ func (w *worker) process(m *kafka.Message) {
 		ps.pending.DeadLetters = append(ps.pending.DeadLetters, d)
 		w.r.m.deadLetters.WithLabelValues(string(reason)).Inc()
 	}
+	w.closedLoop()
 	ps.next = m.Offset + 1
 	w.seen++
 	w.unwritten++
@@ -632,5 +634,25 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return true
 	case <-ctx.Done():
 		return false
+	}
+}
+
+// closedLoop collects what the revocation policy raised while the last
+// message was processed: alerts on ineffective requests or a spent
+// budget, and the outcomes of enforced requests.
+func (w *worker) closedLoop() {
+	ps, r := w.ps, w.r
+	for _, a := range ps.rv.TakeAlerts() {
+		ps.pending.Alerts = append(ps.pending.Alerts, a)
+		r.m.alerts.WithLabelValues(a.Severity.String(), a.Kind).Inc()
+		w.log.Warn("revocation policy alert", "kind", a.Kind, "agent_id", a.AgentID, "alert_id", a.AlertID)
+	}
+	for _, o := range ps.rv.TakeOutcomes() {
+		ps.pending.Outcomes = append(ps.pending.Outcomes, o)
+		r.m.outcomes.WithLabelValues(o.Outcome).Inc()
+		if o.TimeToEffect >= 0 {
+			r.m.timeToEffect.Observe(o.TimeToEffect.Seconds())
+		}
+		w.log.Info("revocation outcome", "request_id", o.RequestID, "outcome", o.Outcome, "time_to_effect", o.TimeToEffect, "allowed_after", o.AllowedAfter)
 	}
 }

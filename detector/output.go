@@ -39,18 +39,19 @@ type Batch struct {
 	Revocations []*Revocation
 	Windows     []WindowRecord
 	DeadLetters []DeadLetter
+	Outcomes    []Outcome // what became of enforced requests (the closed loop)
 }
 
 // Len is the number of outputs in b.
 func (b *Batch) Len() int {
-	return len(b.Alerts) + len(b.Revocations) + len(b.Windows) + len(b.DeadLetters)
+	return len(b.Alerts) + len(b.Revocations) + len(b.Windows) + len(b.DeadLetters) + len(b.Outcomes)
 }
 
 // urgent reports whether b holds outputs that must not wait for a batch to
 // fill: alerts, revocation requests and dead letters go out as soon as the
 // worker has caught up; window records may wait (FlushInterval, MaxBatch).
 func (b *Batch) urgent() bool {
-	return len(b.Alerts)+len(b.Revocations)+len(b.DeadLetters) > 0
+	return len(b.Alerts)+len(b.Revocations)+len(b.DeadLetters)+len(b.Outcomes) > 0
 }
 
 func (b *Batch) reset() {
@@ -58,6 +59,7 @@ func (b *Batch) reset() {
 	clear(b.Revocations)
 	clear(b.DeadLetters)
 	b.Alerts, b.Revocations, b.Windows, b.DeadLetters = b.Alerts[:0], b.Revocations[:0], b.Windows[:0], b.DeadLetters[:0]
+	b.Outcomes = b.Outcomes[:0]
 }
 
 // DeadLetter is a message that was not scored (invalid or late), with why.

@@ -129,6 +129,7 @@ type Pipeline struct {
 	ids               identities
 	keys              *Keys            // emitters' keyring (SetKeys)
 	inv               *Inventory       // agent inventory (SetInventory); nil: none
+	rv                *Revoker         // the partition's revocation policy, told of uses (SetRevoker)
 	claims            map[string]int64 // agent → last window its class claim was alerted (inventory)
 	sigBuf            []byte           // scratch for the signed bytes
 	evictedClasses    int              // peer groups in store
@@ -323,6 +324,9 @@ func (p *Pipeline) Process(raw []byte) error {
 	w.Add(e, flags, bucket)
 	if !verified {
 		w.Flags |= flagUnverified
+	}
+	if p.rv.Watching() { // the closed loop: is what was revoked still allowed?
+		p.rv.Used(e.AgentID, e.CredentialID, e.Decision == features.Allow, p.trustedAt(e.TS))
 	}
 	p.stats.Events++
 	if p.cfg.Policy.EarlyDecisions {

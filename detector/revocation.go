@@ -136,9 +136,14 @@ type RevocationPolicy struct {
 	// A credential gets no new request while its last one holds (except
 	// an enforced request after a dry run).
 	TTL time.Duration `yaml:"ttl"`
-	// Allowlist names agents that are alerted on but never revoked
+	// Allowlist names agents that are alerted on but never revoked,
+	// each with a mandatory reason and expiry (see AllowEntry)
 	// (path.Match patterns on agent_id, e.g. "spiffe://bank/agent/core-*").
-	Allowlist []string `yaml:"allowlist"`
+	Allowlist []AllowEntry `yaml:"allowlist"`
+	// Grace is how long after an enforced request its credential (or, for
+	// a quarantine, its agent) may still appear in allowed events before
+	// vigil raises revocation_ineffective (the closed loop).
+	Grace time.Duration `yaml:"grace"`
 	// Budget caps enforced requests per partition within BudgetWindow
 	// (event time), fleet-wide and per peer group: beyond it requests are
 	// still sent, in dry run, so a fleet-wide change or a flood of false
@@ -153,7 +158,7 @@ func DefaultRevocationPolicy() RevocationPolicy {
 	return RevocationPolicy{
 		Mode: ModeDryRun, Action: ActionQuarantine,
 		MinScore: 95, MinAlerts: 2, Persistence: 30 * time.Minute, TTL: time.Hour,
-		Budget: 10, BudgetPerClass: 3, BudgetWindow: time.Hour,
+		Budget: 10, BudgetPerClass: 3, BudgetWindow: time.Hour, Grace: 2 * time.Minute,
 	}
 }
 
@@ -173,9 +178,17 @@ func (p RevocationPolicy) Validate() error {
 	case p.Budget < 0 || p.BudgetPerClass < 0:
 		return &ConfigError{"revocation.budget", "must be ≥ 0"}
 	}
-	for _, pat := range p.Allowlist {
-		if _, err := path.Match(pat, ""); err != nil {
-			return &ConfigError{"revocation.allowlist", fmt.Sprintf("%q: %v", pat, err)}
+	if p.Grace <= 0 {
+		return &ConfigError{"revocation.grace", "must be > 0"}
+	}
+	for _, e := range p.Allowlist {
+		switch _, err := path.Match(e.Agent, ""); {
+		case e.Agent == "" || err != nil:
+			return &ConfigError{"revocation.allowlist", fmt.Sprintf("agent %q: want a path.Match pattern on agent_id", e.Agent)}
+		case e.Reason == "":
+			return &ConfigError{"revocation.allowlist", fmt.Sprintf("agent %q: a reason is required", e.Agent)}
+		case e.Expires.IsZero():
+			return &ConfigError{"revocation.allowlist", fmt.Sprintf("agent %q: an expiry (expires, RFC 3339) is required", e.Agent)}
 		}
 	}
 	return nil
@@ -191,6 +204,15 @@ type Revoker struct {
 	recent map[string][]critical // agent → its recent critical alerts
 	spent  []spent               // enforced alerts within the budget window
 	done   map[string]held       // credential → its last request
+	// The closed loop (closedloop.go): enforced requests watched, by
+	// credential (revoke) and by agent (quarantine); alerts and outcomes
+	// to take; when to settle next; when each group's spent budget was
+	// last alerted.
+	byCred, byAgent map[string]*watched
+	alerts          []*Alert
+	outcomes        []Outcome
+	nextSettle      int64
+	budgetAlerted   map[string]int64
 }
 
 // critical is one critical alert: when (detected_at, Unix ns), and whether
@@ -234,7 +256,7 @@ func NewRevoker(pol RevocationPolicy, signer *Signer) (*Revoker, error) {
 // target. The requests' mode is decided once for the alert (see the Why
 // constants); when it is enforce, the alert spends one unit of the budget.
 func (r *Revoker) Decide(a *Alert) ([]*Revocation, error) {
-	if r == nil || !r.pol.Enabled || a.Severity < SeverityCritical || a.Observe || r.allowlisted(a.AgentID) {
+	if r == nil || !r.pol.Enabled || a.Severity < SeverityCritical || a.Observe || r.allowlisted(a.AgentID, a.DetectedAt.UnixNano()) {
 		return nil, nil
 	}
 	at := a.DetectedAt.UnixNano()
@@ -278,6 +300,12 @@ func (r *Revoker) Decide(a *Alert) ([]*Revocation, error) {
 			return nil, err
 		}
 		out = append(out, rv)
+		if mode == ModeEnforce {
+			r.watchRequest(rv, a.AgentClass)
+		}
+	}
+	if why == WhyBudget && len(out) > 0 {
+		r.budgetSpent(a, at)
 	}
 	// Only requests actually sent in enforce mode spend the budget, which
 	// counts agents locked out, not credentials.
@@ -311,15 +339,6 @@ func (r *Revoker) mode(a *Alert, recent []critical) (mode, why string) {
 		return ModeDryRun, WhyBudget
 	}
 	return ModeEnforce, WhyPolicy
-}
-
-func (r *Revoker) allowlisted(agent string) bool {
-	for _, pat := range r.pol.Allowlist {
-		if ok, _ := path.Match(pat, agent); ok {
-			return true
-		}
-	}
-	return false
 }
 
 func (r *Revoker) withinBudget(class string) bool {
@@ -361,7 +380,7 @@ func (r *Revoker) prune(now int64) {
 // revokerStateVersion is the version byte of AppendBinary's encoding.
 // Version 1 kept no verified flags and when each agent's last request
 // expired; version 2 keeps flags and each credential's last request.
-const revokerStateVersion = 2
+const revokerStateVersion = 3 // 3 adds the watched requests
 
 // AppendBinary appends the policy's state (recent critical alerts per agent,
 // spent budget, when each credential's last request expires) to dst, so
@@ -394,7 +413,7 @@ func (r *Revoker) AppendBinary(dst []byte) []byte {
 		dst = binary.AppendVarint(dst, h.exp)
 		dst = appendBool(dst, h.enforced)
 	}
-	return dst
+	return r.appendWatch(dst)
 }
 
 func appendBool(dst []byte, b bool) []byte {
@@ -416,7 +435,7 @@ func (r *Revoker) DecodeFrom(data []byte) error {
 		return nil
 	}
 	ver := data[0]
-	if ver != 1 && ver != revokerStateVersion {
+	if ver < 1 || ver > revokerStateVersion {
 		return fmt.Errorf("%w: revocation policy state version %d", ErrState, ver)
 	}
 	off := 1
@@ -500,6 +519,14 @@ func (r *Revoker) DecodeFrom(data []byte) error {
 		if ver != 1 {
 			r.done[id] = held{exp: exp, enforced: enf}
 		}
+	}
+	r.byCred, r.byAgent = nil, nil
+	if ver >= 3 {
+		n, err := r.decodeWatch(data[off:])
+		if err != nil {
+			return err
+		}
+		off += n
 	}
 	if off != len(data) {
 		return fmt.Errorf("%w: revocation policy state: %d bytes left over", ErrState, len(data)-off)

@@ -196,10 +196,15 @@ func TestRevocationPolicy(t *testing.T) {
 	})
 	t.Run("allowlist", func(t *testing.T) {
 		p := enabledPolicy()
-		p.Allowlist = []string{"spiffe://bank/agent/core-*"}
+		p.Allowlist = []AllowEntry{
+			{Agent: "spiffe://bank/agent/core-*", Reason: "core ledger: manual change control (CHG-1234)", Expires: t0.Add(time.Hour)},
+		}
 		r := mustRevoker(t, p, s)
 		if rv := one(t)(r.Decide(testAlert("spiffe://bank/agent/core-ledger", t0, 100, SeverityCritical))); rv != nil {
 			t.Error("allowlisted agent revoked")
+		}
+		if rv := one(t)(r.Decide(testAlert("spiffe://bank/agent/core-ledger", t0.Add(2*time.Hour), 100, SeverityCritical))); rv == nil {
+			t.Error("an expired allowlist entry still protects the agent")
 		}
 		if rv := one(t)(r.Decide(testAlert("spiffe://bank/agent/payments", t0, 100, SeverityCritical))); rv == nil {
 			t.Error("agent outside the allowlist not revoked")
@@ -244,7 +249,10 @@ func TestRevocationPolicyValidate(t *testing.T) {
 		func(p *RevocationPolicy) { p.MinAlerts = 0 },
 		func(p *RevocationPolicy) { p.TTL = 0 },
 		func(p *RevocationPolicy) { p.Budget = -1 },
-		func(p *RevocationPolicy) { p.Allowlist = []string{"[x"} },
+		func(p *RevocationPolicy) { p.Allowlist = []AllowEntry{{Agent: "[x", Reason: "r", Expires: t0}} },
+		func(p *RevocationPolicy) { p.Allowlist = []AllowEntry{{Agent: "a-*", Expires: t0}} },
+		func(p *RevocationPolicy) { p.Allowlist = []AllowEntry{{Agent: "a-*", Reason: "r"}} },
+		func(p *RevocationPolicy) { p.Grace = 0 },
 	} {
 		p := DefaultRevocationPolicy()
 		mut(&p)
@@ -323,8 +331,8 @@ func TestRevokerStateRoundTrip(t *testing.T) {
 		r := mustRevoker(t, p, s)
 		got := decide(r, alerts[:cut])
 		state := r.AppendBinary(nil)
-		if state[0] != 2 {
-			t.Fatalf("state version %d, want 2", state[0])
+		if state[0] != revokerStateVersion {
+			t.Fatalf("state version %d, want %d", state[0], revokerStateVersion)
 		}
 		r2 := mustRevoker(t, p, s)
 		if err := r2.DecodeFrom(state); err != nil {
@@ -396,7 +404,7 @@ func TestRevokerStateVersion1(t *testing.T) {
 	if rv := one(t)(r.Decide(testAlert("b", t0.Add(6*time.Minute), 99, SeverityCritical))); rv == nil || rv.Why != WhyBudget {
 		t.Errorf("b after restore: %+v", rv)
 	}
-	if again := r.AppendBinary(nil); again[0] != 2 {
+	if again := r.AppendBinary(nil); again[0] != revokerStateVersion {
 		t.Errorf("re-encoded as version %d", again[0])
 	}
 }

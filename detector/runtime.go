@@ -264,6 +264,8 @@ type runtimeMetrics struct {
 	evictions        prometheus.Counter
 	reloads          prometheus.Counter
 	folded           prometheus.Counter
+	outcomes         *prometheus.CounterVec
+	timeToEffect     prometheus.Histogram
 	fileReloads      *prometheus.CounterVec
 	assigned         prometheus.Gauge
 	generations      prometheus.Counter
@@ -306,6 +308,13 @@ func newRuntimeMetrics(reg prometheus.Registerer) *runtimeMetrics {
 		}, []string{"partition"}),
 		evictions: f.NewCounter(prometheus.CounterOpts{
 			Name: "vigil_detector_agent_evictions_total", Help: "Idle agents moved out of memory.",
+		}),
+		outcomes: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "vigil_revocation_outcomes_total", Help: "Enforced revocation requests settled by what followed them, by outcome (effective, ineffective).",
+		}, []string{"outcome"}),
+		timeToEffect: f.NewHistogram(prometheus.HistogramOpts{
+			Name: "vigil_revocation_time_to_effect_seconds", Help: "From an enforced request to the last allowed use of what it revoked (event time), for effective requests.",
+			Buckets: []float64{0, 1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600},
 		}),
 		folded: f.NewCounter(prometheus.CounterOpts{
 			Name: "vigil_detector_identity_alerts_folded_total",

@@ -29,7 +29,9 @@ import (
 // dead letter (unsigned, bad_signature) and raises an identity alert for
 // the agent it claims; no request names a framed agent or a decoy; and the
 // real incident's agent gets an enforced request (why policy), since its
-// windows hold nothing but verified events.
+// windows hold nothing but verified events — and since nothing acts on
+// the request here, the closed loop sees the credential still allowed and
+// raises revocation_ineffective.
 func TestRunSignedEventsEnforce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("streams a simulated fleet through vigil run")
@@ -123,12 +125,25 @@ outputs:
 	if rejected != float64(len(forged)) {
 		t.Errorf("%v forged events dead-lettered (unsigned, bad_signature), want all %d", rejected, len(forged))
 	}
-	identity := map[string]bool{}
+	identity, ineffective := map[string]bool{}, map[string]bool{}
 	for l := range strings.SplitSeq(stdout.String(), "\n") {
 		var a detector.Alert
-		if json.Unmarshal([]byte(l), &a) == nil && a.Kind == detector.KindIdentity {
-			identity[a.AgentID] = true
+		if json.Unmarshal([]byte(l), &a) == nil {
+			switch a.Kind {
+			case detector.KindIdentity:
+				identity[a.AgentID] = true
+			case detector.KindRevocationIneffective:
+				ineffective[a.AgentID] = true
+			}
 		}
+	}
+	// The closed loop: the simulated agent goes on using the credential
+	// vigil revoked (nothing acts on the request here), which vigil sees.
+	if !ineffective[inc.AgentID] {
+		t.Errorf("no revocation_ineffective alert for %s, whose revoked credential stayed in use", inc.AgentID)
+	}
+	if n := metricSum(metrics, `vigil_revocation_outcomes_total{outcome="ineffective"}`); n == 0 {
+		t.Error("no ineffective outcome settled")
 	}
 	for _, v := range append(victims, inc.AgentID) {
 		if !identity[v] {

@@ -2,6 +2,7 @@ package clickhouse
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -278,7 +279,7 @@ func (s *Sink) Name() string { return "clickhouse" }
 // retrying cannot fix (the schema or a value is rejected, authentication
 // fails) wrap detector.ErrPermanent.
 func (s *Sink) Write(ctx context.Context, b detector.Batch) error {
-	if len(b.Windows)+len(b.Alerts)+len(b.Revocations) == 0 {
+	if len(b.Windows)+len(b.Alerts)+len(b.Revocations)+len(b.Outcomes) == 0 {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
@@ -286,6 +287,11 @@ func (s *Sink) Write(ctx context.Context, b detector.Batch) error {
 	if len(b.Windows) > 0 {
 		if err := s.insertWindows(ctx, b.Windows); err != nil {
 			return classify("insert windows", err)
+		}
+	}
+	if len(b.Outcomes) > 0 {
+		if err := s.insertOutcomes(ctx, b.Outcomes); err != nil {
+			return classify("insert revocation_outcomes", err)
 		}
 	}
 	if len(b.Alerts)+len(b.Revocations) > 0 {
@@ -411,4 +417,32 @@ func firstOr(s []string) string {
 		return ""
 	}
 	return s[0]
+}
+
+// insertOutcomes records what became of vigil's enforced requests, as the
+// closed loop saw it, beside the policy engine's own outcomes
+// (decided_by vigil; detail: time to effect and allowed uses after the
+// request, as JSON). Idempotent: ReplacingMergeTree by request, time and
+// outcome.
+func (s *Sink) insertOutcomes(ctx context.Context, os []detector.Outcome) error {
+	batch, err := s.conn.PrepareBatch(ctx, "INSERT INTO revocation_outcomes (request_id, outcome, decided_at, decided_by, detail)")
+	if err != nil {
+		return err
+	}
+	defer batch.Close()
+	for _, o := range os {
+		tte := int64(-1)
+		if o.TimeToEffect >= 0 {
+			tte = o.TimeToEffect.Milliseconds()
+		}
+		detail, _ := json.Marshal(struct {
+			AgentID      string `json:"agent_id"`
+			TimeToEffect int64  `json:"time_to_effect_ms"`
+			AllowedAfter int    `json:"allowed_after"`
+		}{o.AgentID, tte, o.AllowedAfter})
+		if err := batch.Append(o.RequestID, o.Outcome, o.DecidedAt.UTC(), "vigil", string(detail)); err != nil {
+			return err
+		}
+	}
+	return batch.Send()
 }

@@ -844,3 +844,27 @@ func TestConcurrentMigrations(t *testing.T) {
 		}
 	}
 }
+
+// The closed loop's outcomes land in revocation_outcomes (decided_by
+// vigil), once however often they are redelivered.
+func TestOutcomesWritten(t *testing.T) {
+	t.Parallel()
+	srv := sinktest.SharedClickHouse(t)
+	s, cfg := newSink(t, srv)
+	at := time.Date(2026, 3, 2, 10, 5, 0, 0, time.UTC)
+	b := detector.Batch{Topic: "agent-events", Partition: 0, Outcomes: []detector.Outcome{
+		{RequestID: "r-1", AgentID: "spiffe://bank/agent/a", Outcome: detector.OutcomeEffective, DecidedAt: at, TimeToEffect: 40 * time.Second, AllowedAfter: 1},
+		{RequestID: "r-2", AgentID: "spiffe://bank/agent/b", Outcome: detector.OutcomeIneffective, DecidedAt: at, TimeToEffect: -1, AllowedAfter: 7},
+	}}
+	for range 2 {
+		if err := s.Write(context.Background(), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := strings.TrimSpace(query(t, srv, cfg.Database, "SELECT request_id, outcome, decided_by, detail FROM revocation_outcomes FINAL ORDER BY request_id"))
+	want := "r-1\teffective\tvigil\t{\"agent_id\":\"spiffe://bank/agent/a\",\"time_to_effect_ms\":40000,\"allowed_after\":1}\n" +
+		"r-2\tineffective\tvigil\t{\"agent_id\":\"spiffe://bank/agent/b\",\"time_to_effect_ms\":-1,\"allowed_after\":7}"
+	if got != want {
+		t.Errorf("revocation_outcomes:\n%s\nwant\n%s", got, want)
+	}
+}
