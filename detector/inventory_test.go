@@ -97,7 +97,7 @@ func TestInventory(t *testing.T) {
 	}
 	p.SetInventory(inv)
 	rv, err := NewRevoker(RevocationPolicy{Enabled: true, Mode: ModeDryRun, Action: ActionQuarantine, MinScore: 0, MinAlerts: 1,
-		Persistence: time.Hour, TTL: time.Hour, Budget: 100, BudgetPerClass: 100, BudgetWindow: time.Hour}, testSigner(t))
+		Persistence: time.Hour, TTL: time.Hour, Budget: 100, BudgetPerClass: 100, BudgetWindow: time.Hour, Grace: time.Minute}, testSigner(t))
 	if err != nil {
 		t.Fatal(err)
 	}
