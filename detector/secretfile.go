@@ -1,6 +1,7 @@
 package detector
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // ErrSecretFileMode is wrapped by the error of CheckSecretFile (and of
@@ -109,9 +111,26 @@ func ClientTLS(field, caFile, certFile, keyFile, serverName string, insecureSkip
 // permanent (detector.ErrPermanent): vigil stops with the error instead of
 // retrying a handshake that fails the same way every time; fix the files or
 // the server, then restart.
-func IsTLSConfigError(err error) bool {
+func IsTLSConfigError(err error) bool { return tlsConfigFix(err) != "" }
+
+// TLSConfigFix says what to check for a TLS configuration error
+// (IsTLSConfigError), with field naming the TLS settings ("tls",
+// "clickhouse.tls"); "" for other errors.
+func TLSConfigFix(field string, err error) string {
+	switch tlsConfigFix(err) {
+	case "server":
+		return "vigil does not trust the server's certificate: check " + field + ".ca_file (the CA that signs it) and " + field + ".server_name"
+	case "client":
+		return "the server refused vigil's client certificate, or its absence: check " + field + ".cert_file and " + field + ".key_file against the server's client CA"
+	case "plain":
+		return "the server does not speak TLS there: use its TLS port, or turn TLS off"
+	}
+	return ""
+}
+
+func tlsConfigFix(err error) string {
 	if err == nil {
-		return false
+		return ""
 	}
 	var (
 		verr *tls.CertificateVerificationError
@@ -120,20 +139,59 @@ func IsTLSConfigError(err error) bool {
 		ci   x509.CertificateInvalidError
 		rh   tls.RecordHeaderError
 	)
-	if errors.As(err, &verr) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci) || errors.As(err, &rh) {
-		return true
+	if errors.As(err, &verr) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci) {
+		return "server"
 	}
-	if strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") { // net/http's RecordHeaderError
-		return true
+	if errors.As(err, &rh) || strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") { // net/http's RecordHeaderError
+		return "plain"
 	}
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "remote error" && op.Err != nil {
 		switch op.Err.Error() {
 		case "tls: bad certificate", "tls: unsupported certificate", "tls: revoked certificate",
 			"tls: expired certificate", "tls: unknown certificate", "tls: unknown certificate authority",
-			"tls: access denied", "tls: certificate required", "tls: handshake failure", "tls: protocol version not supported":
-			return true
+			"tls: access denied", "tls: certificate required":
+			return "client"
+		case "tls: handshake failure", "tls: protocol version not supported":
+			return "server"
 		}
 	}
-	return false
+	return ""
+}
+
+// DiagnoseTLS connects to addr (host:port) with tc and reports a TLS
+// failure the connection hides: with TLS 1.3 the client's handshake ends
+// before the server has checked the client certificate, so a server that
+// refuses it (or its absence) only says so afterwards, and an HTTP client
+// reports a broken connection instead. DiagnoseTLS completes the handshake,
+// sends nothing, and waits up to wait for the server's alert; it returns
+// the handshake's or the alert's error, or nil when the server kept the
+// connection open. Sinks call it after a request failed without a response,
+// to tell a configuration error (IsTLSConfigError) from a network one.
+func DiagnoseTLS(ctx context.Context, addr string, tc *tls.Config, wait time.Duration) error {
+	tc = tc.Clone()
+	if tc.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return err
+		}
+		tc.ServerName = host
+	}
+	tc.NextProtos = []string{"http/1.1"} // no HTTP/2 preface from the server
+	ctx, cancel := context.WithTimeout(ctx, wait+5*time.Second)
+	defer cancel()
+	d := &tls.Dialer{Config: tc}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(wait))
+	var b [1]byte
+	_, err = c.Read(b[:])
+	var ne net.Error
+	if err == nil || errors.As(err, &ne) && ne.Timeout() {
+		return nil
+	}
+	return err
 }

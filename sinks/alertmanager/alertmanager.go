@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vigil-sec/vigil/detector"
+	"github.com/vigil-sec/vigil/sinks/httpauth"
 )
 
 // maxPerPost bounds the alerts in one POST; larger sends (a re-send of
@@ -467,6 +468,7 @@ type postError struct {
 	url    string
 	status int    // 0: no response
 	msg    string // Alertmanager's message, or the transport error
+	tls    bool   // a TLS failure that the configuration causes
 }
 
 func (e *postError) Error() string {
@@ -476,10 +478,10 @@ func (e *postError) Error() string {
 	return fmt.Sprintf("alertmanager %s: HTTP %d: %s", e.url, e.status, e.msg)
 }
 
-// permanent: the request itself is wrong (payload, credentials, URL), not
-// the moment; 408 and 429 are the moment.
+// permanent: the request itself is wrong (payload, credentials, URL,
+// certificates), not the moment; 408 and 429 are the moment.
 func (e *postError) permanent() bool {
-	return e.status >= 300 && e.status < 500 && e.status != http.StatusRequestTimeout && e.status != http.StatusTooManyRequests
+	return e.tls || e.status >= 300 && e.status < 500 && e.status != http.StatusRequestTimeout && e.status != http.StatusTooManyRequests
 }
 
 // post sends one body of n alerts to t.
@@ -504,6 +506,14 @@ func (s *Sink) post(ctx context.Context, t *target, body []byte, n int) error {
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err // the URL is in postError already
+		}
+		if !detector.IsTLSConfigError(err) && ctx.Err() == nil {
+			if terr := httpauth.DiagnoseTLS(ctx, t.post, s.transport.TLSClientConfig); terr != nil {
+				err = fmt.Errorf("%w (after: %v)", terr, err)
+			}
+		}
+		if detector.IsTLSConfigError(err) {
+			return &postError{url: t.base, tls: true, msg: "TLS: " + err.Error() + ": " + detector.TLSConfigFix("alertmanager.tls", err)}
 		}
 		return &postError{url: t.base, msg: err.Error()}
 	}

@@ -159,10 +159,11 @@ func TestTLS(t *testing.T) {
 	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
 	batch := detector.Batch{Alerts: []*detector.Alert{alert("a", detector.KindVolume, detector.SeverityCritical, 0)}}
 
-	// Without the CA the server is not trusted.
+	// Without the CA the server is not trusted: a configuration error,
+	// permanent (retrying fails the same way).
 	s := newTestSink(t, nil, Config{Timeout: 2 * time.Second}, srv.URL)
-	if err := s.Write(context.Background(), batch); err == nil || errors.Is(err, detector.ErrPermanent) {
-		t.Errorf("untrusted server: %v, want a (retryable) error", err)
+	if err := s.Write(context.Background(), batch); !errors.Is(err, detector.ErrPermanent) || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("untrusted server: %v, want a permanent certificate error", err)
 	}
 	// httptest's certificate is for example.com and 127.0.0.1.
 	s = newTestSink(t, nil, Config{TLS: TLSConfig{CAFile: ca, ServerName: "example.com"}}, srv.URL)
