@@ -147,6 +147,20 @@ func TestAuthHeaders(t *testing.T) {
 			t.Errorf("error shows the password: %v", err)
 		}
 	})
+	t.Run("credentials the server echoes are redacted", func(t *testing.T) {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			u, p, _ := r.BasicAuth()
+			http.Error(w, "bad request from "+u+" with "+r.Header.Get("Authorization")+" password "+p+" token "+r.Header.Get("X-Token"), http.StatusBadRequest)
+		}))
+		defer srv.Close()
+		for _, cfg := range []Config{{BasicAuth: BasicAuth{Username: "vigil", PasswordFile: pw}}, {BearerTokenFile: tok}} {
+			err := newTestSink(t, nil, cfg, srv.URL).Write(context.Background(), batch)
+			b64 := base64.StdEncoding.EncodeToString([]byte("vigil:pa55word"))
+			if err == nil || strings.Contains(err.Error(), "pa55word") || strings.Contains(err.Error(), b64) || strings.Contains(err.Error(), "t0ken") || !strings.Contains(err.Error(), "[redacted]") {
+				t.Errorf("%+v: %v: want the echoed credentials redacted", cfg, err)
+			}
+		}
+	})
 }
 
 func TestTLS(t *testing.T) {
