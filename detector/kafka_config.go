@@ -2,7 +2,6 @@ package detector
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"net"
 	"os"
@@ -323,34 +322,22 @@ func (c RuntimeConfig) Dialer() (*kafka.Dialer, error) {
 }
 
 func (t TLSConfig) config() (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify} //nolint:gosec // opt-in, documented as tests only
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("kafka.tls.ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("kafka.tls.ca_file: %s holds no PEM certificate", t.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("kafka.tls.cert_file: %w", err)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
+	return t.ClientConfig("kafka.tls")
+}
+
+// ClientConfig reads the files and returns the client tls.Config (TLS 1.2
+// at least), whether or not Enabled is set; field prefixes its errors
+// ("kafka.tls"). The key file must pass CheckSecretFile.
+func (t TLSConfig) ClientConfig(field string) (*tls.Config, error) {
+	return ClientTLS(field, t.CAFile, t.CertFile, t.KeyFile, t.ServerName, t.InsecureSkipVerify)
 }
 
 func (s SASLConfig) mechanism() (sasl.Mechanism, error) {
 	var pass string
 	if s.PasswordFile != "" {
-		b, err := os.ReadFile(s.PasswordFile)
+		b, err := ReadSecretFile("kafka.sasl.password_file", s.PasswordFile)
 		if err != nil {
-			return nil, fmt.Errorf("kafka.sasl.password_file: %w", err)
+			return nil, err
 		}
 		pass = strings.TrimRight(string(b), "\r\n")
 	} else {

@@ -551,12 +551,12 @@ func NewSigner(kid string, key ed25519.PrivateKey) (*Signer, error) {
 	return &Signer{KeyID: kid, key: key}, nil
 }
 
-// LoadSigner reads a PEM "PRIVATE KEY" (PKCS #8, Ed25519) from file. The
-// key never appears in errors or logs.
+// LoadSigner reads a PEM "PRIVATE KEY" (PKCS #8, Ed25519) from file, which
+// must pass CheckSecretFile. The key never appears in errors or logs.
 func LoadSigner(kid, file string) (*Signer, error) {
-	b, err := os.ReadFile(file)
+	b, err := ReadSecretFile("signing key", file)
 	if err != nil {
-		return nil, fmt.Errorf("signing key: %w", err)
+		return nil, err
 	}
 	blk, _ := pem.Decode(b)
 	if blk == nil || blk.Type != "PRIVATE KEY" {

@@ -31,6 +31,7 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	group := fs.String("kafka.group", "", "consumer group (overrides kafka.group; default vigil)")
 	repartition := fs.Bool("kafka.repartition", false, "re-key the events by agent_id through kafka.repartition_topic before scoring, for producers that do not key by agent_id (sets kafka.repartition)")
 	listen := fs.String("web.listen-address", "127.0.0.1:9464", "address for /-/healthy, /-/ready and /metrics")
+	webConfig := fs.String("web.config.file", "", "web configuration file for TLS, client certificates and basic auth on /metrics and the health endpoints (the Prometheus exporter toolkit's format; default: plain HTTP, no auth)")
 	logLevel := fs.String("log.level", "info", "log level: debug, info, warn or error")
 	var amURLs []string
 	fs.Func("alertmanager.url", "Alertmanager base URL to send alerts to; repeat for an HA pair (overrides outputs.alertmanager.urls)", func(s string) error {
@@ -89,6 +90,12 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	// The logger and the dead-letter lines share stderr; whole lines only.
 	errw := &lockedWriter{w: stderr}
 	log := slog.New(slog.NewTextHandler(errw, &slog.HandlerOptions{Level: lvl}))
+	webTLS := false
+	if *webConfig != "" {
+		if webTLS, err = checkWebConfig(*webConfig); err != nil {
+			return err
+		}
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ln, err := net.Listen("tcp", *listen)
@@ -131,7 +138,9 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprintln(w, "vigil is ready.")
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		// Refused handshakes and the like: the peer's address and why.
+		ErrorLog: slog.NewLogLogger(log.With("component", "web").Handler(), slog.LevelWarn)}
 
 	// Two actors: the web server and the runtime. Either ending stops the
 	// other.
@@ -139,13 +148,17 @@ func runRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer cancel()
 	srvDone := make(chan error, 1)
 	go func() {
-		err := srv.Serve(ln)
+		err := serveWeb(ln, srv, *webConfig, log)
 		if !errors.Is(err, http.ErrServerClosed) {
 			cancel()
 		}
 		srvDone <- err
 	}()
-	log.Info("vigil run", "version", version, "web", "http://"+ln.Addr().String(), "brokers", kc.Brokers, "topic", kc.Topic, "group", kc.Group)
+	scheme := "http://"
+	if webTLS {
+		scheme = "https://"
+	}
+	log.Info("vigil run", "version", version, "web", scheme+ln.Addr().String(), "brokers", kc.Brokers, "topic", kc.Topic, "group", kc.Group)
 	warnUnverifiedEnforce(log, cfg.Detector)
 
 	// The sinks' background loops (Alertmanager re-sends) outlive the

@@ -237,7 +237,7 @@ func startRun(t *testing.T, addr, group string, stdout, stderr *syncBuffer, extr
 	go func() { rc <- run(args, nil, stdout, stderr) }()
 	var web string
 	waitFor(t, 10*time.Second, "the web address in the log", func() bool {
-		m := regexp.MustCompile(`web=(http://\S+)`).FindStringSubmatch(stderr.String())
+		m := regexp.MustCompile(`web=(https?://\S+)`).FindStringSubmatch(stderr.String())
 		if m != nil {
 			web = m[1]
 		}

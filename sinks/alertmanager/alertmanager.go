@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"container/list"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vigil-sec/vigil/detector"
+	"github.com/vigil-sec/vigil/sinks/httpauth"
 )
 
 // maxPerPost bounds the alerts in one POST; larger sends (a re-send of
@@ -467,6 +469,7 @@ type postError struct {
 	url    string
 	status int    // 0: no response
 	msg    string // Alertmanager's message, or the transport error
+	tls    bool   // a TLS failure that the configuration causes
 }
 
 func (e *postError) Error() string {
@@ -476,10 +479,10 @@ func (e *postError) Error() string {
 	return fmt.Sprintf("alertmanager %s: HTTP %d: %s", e.url, e.status, e.msg)
 }
 
-// permanent: the request itself is wrong (payload, credentials, URL), not
-// the moment; 408 and 429 are the moment.
+// permanent: the request itself is wrong (payload, credentials, URL,
+// certificates), not the moment; 408 and 429 are the moment.
 func (e *postError) permanent() bool {
-	return e.status >= 300 && e.status < 500 && e.status != http.StatusRequestTimeout && e.status != http.StatusTooManyRequests
+	return e.tls || e.status >= 300 && e.status < 500 && e.status != http.StatusRequestTimeout && e.status != http.StatusTooManyRequests
 }
 
 // post sends one body of n alerts to t.
@@ -492,7 +495,8 @@ func (s *Sink) post(ctx context.Context, t *target, body []byte, n int) error {
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "vigil")
-	if err := s.authorize(req); err != nil {
+	secrets, err := s.authorize(req)
+	if err != nil {
 		s.m.posts.WithLabelValues(t.base, "error").Inc()
 		return &postError{url: t.base, msg: err.Error()}
 	}
@@ -505,6 +509,14 @@ func (s *Sink) post(ctx context.Context, t *target, body []byte, n int) error {
 		if errors.As(err, &ue) {
 			err = ue.Err // the URL is in postError already
 		}
+		if !detector.IsTLSConfigError(err) && ctx.Err() == nil {
+			if terr := httpauth.DiagnoseTLS(ctx, t.post, s.transport.TLSClientConfig); terr != nil {
+				err = fmt.Errorf("%w (after: %v)", terr, err)
+			}
+		}
+		if detector.IsTLSConfigError(err) {
+			return &postError{url: t.base, tls: true, msg: "TLS: " + err.Error() + ": " + detector.TLSConfigFix("alertmanager.tls", err)}
+		}
 		return &postError{url: t.base, msg: err.Error()}
 	}
 	defer resp.Body.Close()
@@ -514,8 +526,14 @@ func (s *Sink) post(ctx context.Context, t *target, body []byte, n int) error {
 		s.m.sent.WithLabelValues(t.base).Add(float64(n))
 		return nil
 	}
-	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	// Read past what is quoted, so that credentials the server echoes are
+	// redacted whole before the message is cut.
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 8<<10))
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	for _, sec := range secrets {
+		msg = bytes.ReplaceAll(msg, []byte(sec), []byte("[redacted]"))
+	}
+	msg = msg[:min(len(msg), 512)]
 	pe := &postError{url: t.base, status: resp.StatusCode, msg: responseMessage(msg)}
 	result := "error"
 	if pe.permanent() {
@@ -546,21 +564,24 @@ func responseMessage(b []byte) string {
 }
 
 // authorize adds the configured credentials, read from their files now so
-// rotated secrets are picked up.
-func (s *Sink) authorize(req *http.Request) error {
+// rotated secrets are picked up, and returns them (and their encodings) to
+// be redacted from what the server answers.
+func (s *Sink) authorize(req *http.Request) ([]string, error) {
 	switch {
 	case s.cfg.BasicAuth.Username != "":
 		pw, err := readSecret("basic_auth.password_file", s.cfg.BasicAuth.PasswordFile)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		req.SetBasicAuth(s.cfg.BasicAuth.Username, pw)
+		return []string{base64.StdEncoding.EncodeToString([]byte(s.cfg.BasicAuth.Username + ":" + pw)), pw}, nil
 	case s.cfg.BearerTokenFile != "":
 		tok, err := readSecret("bearer_token_file", s.cfg.BearerTokenFile)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		req.Header.Set("Authorization", "Bearer "+tok)
+		return []string{tok}, nil
 	}
-	return nil
+	return nil, nil
 }

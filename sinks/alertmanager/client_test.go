@@ -147,6 +147,20 @@ func TestAuthHeaders(t *testing.T) {
 			t.Errorf("error shows the password: %v", err)
 		}
 	})
+	t.Run("credentials the server echoes are redacted", func(t *testing.T) {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			u, p, _ := r.BasicAuth()
+			http.Error(w, "bad request from "+u+" with "+r.Header.Get("Authorization")+" password "+p+" token "+r.Header.Get("X-Token"), http.StatusBadRequest)
+		}))
+		defer srv.Close()
+		for _, cfg := range []Config{{BasicAuth: BasicAuth{Username: "vigil", PasswordFile: pw}}, {BearerTokenFile: tok}} {
+			err := newTestSink(t, nil, cfg, srv.URL).Write(context.Background(), batch)
+			b64 := base64.StdEncoding.EncodeToString([]byte("vigil:pa55word"))
+			if err == nil || strings.Contains(err.Error(), "pa55word") || strings.Contains(err.Error(), b64) || strings.Contains(err.Error(), "t0ken") || !strings.Contains(err.Error(), "[redacted]") {
+				t.Errorf("%+v: %v: want the echoed credentials redacted", cfg, err)
+			}
+		}
+	})
 }
 
 func TestTLS(t *testing.T) {
@@ -159,10 +173,11 @@ func TestTLS(t *testing.T) {
 	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600)
 	batch := detector.Batch{Alerts: []*detector.Alert{alert("a", detector.KindVolume, detector.SeverityCritical, 0)}}
 
-	// Without the CA the server is not trusted.
+	// Without the CA the server is not trusted: a configuration error,
+	// permanent (retrying fails the same way).
 	s := newTestSink(t, nil, Config{Timeout: 2 * time.Second}, srv.URL)
-	if err := s.Write(context.Background(), batch); err == nil || errors.Is(err, detector.ErrPermanent) {
-		t.Errorf("untrusted server: %v, want a (retryable) error", err)
+	if err := s.Write(context.Background(), batch); !errors.Is(err, detector.ErrPermanent) || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("untrusted server: %v, want a permanent certificate error", err)
 	}
 	// httptest's certificate is for example.com and 127.0.0.1.
 	s = newTestSink(t, nil, Config{TLS: TLSConfig{CAFile: ca, ServerName: "example.com"}}, srv.URL)

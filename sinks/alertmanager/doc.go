@@ -59,7 +59,11 @@
 // Alertmanager accepts does Write fail: with an error wrapping
 // detector.ErrPermanent when every one rejected the request with a 4xx
 // other than 408 or 429 (a bad payload or bad credentials: retrying cannot
-// help), else with a plain error, which the caller retries.
+// help) or with a TLS failure that the configuration causes
+// (detector.IsTLSConfigError: an untrusted server certificate, a client
+// certificate the server refuses), else with a plain error, which the
+// caller retries. Key, password and token files that other users may read
+// are refused (detector.CheckSecretFile).
 //
 // What it does not do: it has no queue of its own (the caller's retries and
 // backpressure are the queue), it does not page on window records or

@@ -236,3 +236,53 @@ func TestAlertmanagerHostileIDs(t *testing.T) {
 		t.Errorf("no alert labelled %q", clean(odd.AgentID))
 	}
 }
+
+// A real Alertmanager that serves HTTPS only and requires a client
+// certificate (--web.config.file, client_auth_type
+// RequireAndVerifyClientCert), with a CA made in the test. With the CA and
+// the client certificate, alerts arrive; without the CA, with another CA,
+// or without the client certificate, Write fails at once with a permanent
+// error that says what is wrong, rather than retrying a handshake that
+// fails the same way every time.
+func TestAlertmanagerTLSClientCertificate(t *testing.T) {
+	pki := sinktest.NewPKI(t, "vigil test CA")
+	am := sinktest.StartAlertmanagerTLS(t, pki)
+	ctx := context.Background()
+	bot := "spiffe://bank.example/agent/tls-bot"
+	tlsOK := TLSConfig{CAFile: pki.CAFile, CertFile: pki.ClientCert, KeyFile: pki.ClientKey}
+	s := newTestSink(t, nil, Config{TLS: tlsOK}, am.URL())
+	if err := s.Write(ctx, detector.Batch{Alerts: []*detector.Alert{liveAlert(bot, detector.KindVolume, detector.SeverityCritical)}}); err != nil {
+		t.Fatalf("with the CA and a client certificate: %v", err)
+	}
+	if got := query(t, am); len(got) != 1 || got[bot+"/"+detector.KindVolume].Labels["agent_id"] != bot {
+		t.Fatalf("Alertmanager has %v, want the one alert", got)
+	}
+
+	other := sinktest.NewPKI(t, "another CA")
+	for _, tc := range []struct {
+		name string
+		tls  TLSConfig
+		want string
+	}{
+		{"no CA (system roots)", TLSConfig{CertFile: pki.ClientCert, KeyFile: pki.ClientKey}, "vigil does not trust the server's certificate: check alertmanager.tls.ca_file"},
+		{"the wrong CA", TLSConfig{CAFile: other.CAFile, CertFile: pki.ClientCert, KeyFile: pki.ClientKey}, "certificate signed by unknown authority"},
+		{"the wrong server name", TLSConfig{CAFile: pki.CAFile, CertFile: pki.ClientCert, KeyFile: pki.ClientKey, ServerName: "am.example"}, "alertmanager.tls.server_name"},
+		{"no client certificate", TLSConfig{CAFile: pki.CAFile}, "the server refused vigil's client certificate, or its absence"},
+		{"a client certificate of another CA", TLSConfig{CAFile: pki.CAFile, CertFile: other.ClientCert, KeyFile: other.ClientKey}, "check alertmanager.tls.cert_file"},
+	} {
+		s := newTestSink(t, nil, Config{TLS: tc.tls, Timeout: 5 * time.Second}, am.URL())
+		start := time.Now()
+		err := s.Write(ctx, detector.Batch{Alerts: []*detector.Alert{liveAlert(bot, detector.KindMoney, detector.SeverityWarning)}})
+		switch {
+		case !errors.Is(err, detector.ErrPermanent):
+			t.Errorf("%s: %v, want a permanent error", tc.name, err)
+		case !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "TLS") || !strings.Contains(err.Error(), am.URL()):
+			t.Errorf("%s: %q does not say %q, TLS and the URL", tc.name, err, tc.want)
+		case time.Since(start) > 3*time.Second:
+			t.Errorf("%s: failed after %v, want at once", tc.name, time.Since(start))
+		}
+	}
+	if got := query(t, am); len(got) != 1 {
+		t.Errorf("Alertmanager has %d alerts, want still 1: %v", len(got), got)
+	}
+}

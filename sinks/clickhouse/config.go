@@ -2,7 +2,6 @@ package clickhouse
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"os"
 	"regexp"
@@ -43,6 +42,12 @@ type TLSConfig struct {
 	Enabled bool `yaml:"enabled"`
 	// CAFile is a PEM bundle of the CAs that sign the servers' certificates.
 	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are a PEM client certificate and its key, for
+	// servers that require one (openSSL.server.verificationMode strict).
+	// The key file must not be accessible to other users (mode 0600, or
+	// 0640 owned by root).
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 	// ServerName overrides the name checked in the servers' certificates.
 	ServerName string `yaml:"server_name"`
 	// InsecureSkipVerify disables certificate verification (tests only).
@@ -78,7 +83,9 @@ func (c Config) Validate() error {
 		return bad("dial_timeout", "must be > 0")
 	case c.WriteTimeout <= 0:
 		return bad("write_timeout", "must be > 0")
-	case !c.TLS.Enabled && (c.TLS.CAFile != "" || c.TLS.ServerName != "" || c.TLS.InsecureSkipVerify):
+	case (c.TLS.CertFile == "") != (c.TLS.KeyFile == ""):
+		return bad("tls.cert_file", "cert_file and key_file go together")
+	case !c.TLS.Enabled && c.TLS != TLSConfig{}:
 		return bad("tls.enabled", "TLS options are set but tls.enabled is false")
 	}
 	for _, a := range c.Addr {
@@ -94,9 +101,9 @@ func (c Config) Validate() error {
 func (c Config) password() (string, error) {
 	switch {
 	case c.PasswordFile != "":
-		b, err := os.ReadFile(c.PasswordFile)
+		b, err := detector.ReadSecretFile("clickhouse.password_file", c.PasswordFile)
 		if err != nil {
-			return "", fmt.Errorf("clickhouse.password_file: %w", err)
+			return "", err
 		}
 		return strings.TrimRight(string(b), "\r\n"), nil
 	case c.PasswordEnv != "":
@@ -113,17 +120,5 @@ func (t TLSConfig) config() (*tls.Config, error) {
 	if !t.Enabled {
 		return nil, nil
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify} //nolint:gosec // opt-in, documented as tests only
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("clickhouse.tls.ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("clickhouse.tls.ca_file: %s holds no PEM certificate", t.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	return tc, nil
+	return detector.ClientTLS("clickhouse.tls", t.CAFile, t.CertFile, t.KeyFile, t.ServerName, t.InsecureSkipVerify)
 }

@@ -27,8 +27,12 @@
 // migrating nothing.
 //
 // Errors that retrying cannot fix (the schema or a value is rejected,
-// authentication fails) wrap detector.ErrPermanent; connection errors and
-// timeouts do not, and the caller retries with backoff.
+// authentication fails, TLS fails for a reason the configuration causes:
+// see detector.IsTLSConfigError) wrap detector.ErrPermanent; connection
+// errors and timeouts do not, and the caller retries with backoff. TLS
+// (tls.enabled, the server's tcp_port_secure) takes a CA file and an
+// optional client certificate; the client key and the password file must
+// not be accessible to other users (detector.CheckSecretFile).
 //
 // The package does not store dead letters (they go to their Kafka topic),
 // does not write revocation outcomes (the policy engine or an analyst

@@ -73,6 +73,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Sink, error) {
 	err = create(ctx, boot, "CREATE DATABASE IF NOT EXISTS "+cfg.Database)
 	boot.Close()
 	if err != nil {
+		err = cfg.diagnoseTLS(ctx, err)
 		return nil, classify("create database "+cfg.Database, err)
 	}
 	conn, err := ch.Open(opts(cfg.Database))
@@ -112,6 +113,9 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Sink, error) {
 	}
 	if err != nil {
 		conn.Close()
+		if err := cfg.diagnoseTLS(ctx, err); detector.IsTLSConfigError(err) {
+			return nil, classify("open database "+cfg.Database, err)
+		}
 		return nil, fmt.Errorf("clickhouse: open database %s: %w", cfg.Database, err)
 	}
 	return wrapConn(conn, cfg, log), nil
@@ -122,6 +126,23 @@ func wrapConn(conn driver.Conn, cfg Config, log *slog.Logger) *Sink {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Sink{conn: conn, cfg: cfg, log: log, chains: make(map[chainKey]*sync.Mutex), heads: make(map[chainKey]Head)}
+}
+
+// diagnoseTLS returns err, or with TLS the configuration error it hides
+// (detector.DiagnoseTLS: a client certificate the server refused after a
+// TLS 1.3 handshake shows as a broken connection).
+func (cfg Config) diagnoseTLS(ctx context.Context, err error) error {
+	if !cfg.TLS.Enabled || detector.IsTLSConfigError(err) || ctx.Err() != nil {
+		return err
+	}
+	tc, terr := cfg.TLS.config()
+	if terr != nil {
+		return err
+	}
+	if terr := detector.DiagnoseTLS(ctx, cfg.Addr[0], tc, time.Second); detector.IsTLSConfigError(terr) {
+		return fmt.Errorf("%w (after: %v)", terr, err)
+	}
+	return err
 }
 
 // options returns the connection options for a database ("": the
@@ -383,6 +404,9 @@ func boolByte(b bool) uint8 {
 // classify wraps err from operation op, adding detector.ErrPermanent when
 // retrying cannot fix it.
 func classify(op string, err error) error {
+	if detector.IsTLSConfigError(err) {
+		return fmt.Errorf("clickhouse: %s: TLS: %w: %s (%w)", op, err, detector.TLSConfigFix("clickhouse.tls", err), detector.ErrPermanent)
+	}
 	if permanent(err) {
 		return fmt.Errorf("clickhouse: %s: %w (%w)", op, err, detector.ErrPermanent)
 	}

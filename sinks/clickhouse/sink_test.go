@@ -107,6 +107,67 @@ func TestPasswordFromFileOrEnv(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "VIGIL_TEST_CH_UNSET") {
 		t.Errorf("unset variable: %v, want an error naming it", err)
 	}
+	os.Chmod(file, 0o644)
+	if _, err := (Config{PasswordFile: file}).password(); !errors.Is(err, detector.ErrSecretFileMode) || !strings.Contains(err.Error(), "clickhouse.password_file") {
+		t.Errorf("password file readable by others: %v", err)
+	}
+}
+
+// A real clickhouse-server with its native protocol over TLS
+// (tcp_port_secure), presenting a certificate of a CA made in the test and
+// requiring a client certificate signed by it. With the CA and the client
+// certificate, vigil creates its schema and writes; without the CA, with
+// another CA, or without (or with a refused) client certificate, New fails
+// at once with a permanent error that says which settings to check.
+func TestTLSClientCertificate(t *testing.T) {
+	pki := sinktest.NewPKI(t, "vigil test CA")
+	srv := sinktest.StartClickHouseTLS(t, pki)
+	ctx := context.Background()
+	cfg := DefaultConfig()
+	cfg.Addr = []string{srv.SecureAddr()}
+	cfg.Database = "tls_test"
+	cfg.DialTimeout = 3 * time.Second
+	cfg.TLS = TLSConfig{Enabled: true, CAFile: pki.CAFile, CertFile: pki.ClientCert, KeyFile: pki.ClientKey}
+	s, err := New(ctx, cfg, nil)
+	if err != nil {
+		t.Fatalf("with the CA and a client certificate: %v", err)
+	}
+	f := newFixture(t)
+	f.write(t, s)
+	s.Close()
+	if got := query(t, srv, "tls_test", "SELECT count() FROM alerts FINAL"); strings.TrimSpace(got) != "3" {
+		t.Errorf("%s alerts over TLS, want 3", got)
+	}
+
+	other := sinktest.NewPKI(t, "another CA")
+	for _, tc := range []struct {
+		name string
+		tls  TLSConfig
+		want string
+	}{
+		{"no CA (system roots)", TLSConfig{CertFile: pki.ClientCert, KeyFile: pki.ClientKey}, "vigil does not trust the server's certificate: check clickhouse.tls.ca_file"},
+		{"the wrong CA", TLSConfig{CAFile: other.CAFile, CertFile: pki.ClientCert, KeyFile: pki.ClientKey}, "certificate signed by unknown authority"},
+		{"the wrong server name", TLSConfig{CAFile: pki.CAFile, CertFile: pki.ClientCert, KeyFile: pki.ClientKey, ServerName: "ch.example"}, "clickhouse.tls.server_name"},
+		{"no client certificate", TLSConfig{CAFile: pki.CAFile}, "the server refused vigil's client certificate, or its absence"},
+		{"a client certificate of another CA", TLSConfig{CAFile: pki.CAFile, CertFile: other.ClientCert, KeyFile: other.ClientKey}, "check clickhouse.tls.cert_file"},
+	} {
+		c := cfg
+		c.TLS = tc.tls
+		c.TLS.Enabled = true
+		start := time.Now()
+		_, err := New(ctx, c, nil)
+		t.Logf("%s: %v", tc.name, err)
+		switch {
+		case !errors.Is(err, detector.ErrPermanent) || !strings.Contains(err.Error(), tc.want):
+			t.Errorf("%s: %v; want a permanent error saying %q", tc.name, err, tc.want)
+		case time.Since(start) > 5*time.Second:
+			t.Errorf("%s: failed after %v, want at once", tc.name, time.Since(start))
+		}
+	}
+	os.Chmod(pki.ClientKey, 0o604)
+	if _, err := New(ctx, cfg, nil); !errors.Is(err, detector.ErrSecretFileMode) || !strings.Contains(err.Error(), "clickhouse.tls.key_file") {
+		t.Errorf("client key readable by others: %v", err)
+	}
 }
 
 // Migrations run in every instance at once, so each statement must be

@@ -1,14 +1,19 @@
 // Package httpauth holds what the HTTP sinks (Alertmanager, webhook) share
 // to reach their servers: TLS from files and credentials read from files,
-// never from the configuration itself and never into errors or logs.
+// never from the configuration itself and never into errors or logs. Key
+// and password files that other users may read are refused.
 package httpauth
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
-	"os"
+	"net"
+	"net/url"
+	"time"
+
+	"github.com/vigil-sec/vigil/detector"
 )
 
 // BasicAuth is HTTP basic authentication; the password comes from a file
@@ -35,40 +40,44 @@ type TLSConfig struct {
 }
 
 // Config reads the files and returns the tls.Config (TLS 1.2 at least).
-// Errors name the fields and files, never their content.
+// The key file must not be accessible to other users
+// (detector.CheckSecretFile). Errors name the fields and files, never their
+// content.
 func (t TLSConfig) Config() (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify} //nolint:gosec // opt-in, documented as tests only
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("tls.ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls.ca_file: %s holds no PEM certificate", t.CAFile)
-		}
-		tc.RootCAs = pool
-	}
-	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("tls.cert_file, tls.key_file: %s, %s: not a matching PEM certificate and key", t.CertFile, t.KeyFile)
-		}
-		tc.Certificates = []tls.Certificate{cert}
-	}
-	return tc, nil
+	return detector.ClientTLS("tls", t.CAFile, t.CertFile, t.KeyFile, t.ServerName, t.InsecureSkipVerify)
 }
 
 // ReadSecret reads a secret file without its surrounding whitespace; an
-// empty one is an error. Errors name field and file, never the content.
+// empty one, or one other users may read (detector.CheckSecretFile), is an
+// error. Errors name field and file, never the content.
 func ReadSecret(field, file string) (string, error) {
-	b, err := os.ReadFile(file)
+	b, err := detector.ReadSecretFile(field, file)
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", field, err)
+		return "", err
 	}
 	b = bytes.TrimSpace(b)
 	if len(b) == 0 {
 		return "", fmt.Errorf("%s: %s is empty", field, file)
 	}
 	return string(b), nil
+}
+
+// DiagnoseTLS is called after a request to an https URL failed without a
+// response and without a TLS error of its own: it returns the TLS
+// configuration error the failure hid (see detector.DiagnoseTLS: a client
+// certificate the server refused after a TLS 1.3 handshake), or nil when
+// there is none to find (http URLs, network errors).
+func DiagnoseTLS(ctx context.Context, rawURL string, tc *tls.Config) error {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Scheme != "https" || tc == nil {
+		return nil
+	}
+	addr := u.Host
+	if u.Port() == "" {
+		addr = net.JoinHostPort(u.Hostname(), "443")
+	}
+	if err := detector.DiagnoseTLS(ctx, addr, tc, time.Second); detector.IsTLSConfigError(err) {
+		return err
+	}
+	return nil
 }

@@ -38,6 +38,8 @@ type Alertmanager struct {
 	url         string
 	addr        string
 	logFile     string
+	client      *http.Client
+	httpConfig  string // amtool's --http.config.file, with TLS
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -49,6 +51,21 @@ type Alertmanager struct {
 // is ready, and stops it on t.Cleanup. It skips the test (fails it under
 // CI) when prometheus-alertmanager is not installed.
 func StartAlertmanager(t testing.TB) *Alertmanager {
+	t.Helper()
+	return startAlertmanager(t, nil)
+}
+
+// StartAlertmanagerTLS is StartAlertmanager serving HTTPS only, with
+// pki's server certificate, and requiring a client certificate signed by
+// pki's CA (--web.config.file: tls_server_config with client_auth_type
+// RequireAndVerifyClientCert). Query and the readiness check present pki's
+// client certificate.
+func StartAlertmanagerTLS(t testing.TB, pki *PKI) *Alertmanager {
+	t.Helper()
+	return startAlertmanager(t, pki)
+}
+
+func startAlertmanager(t testing.TB, pki *PKI) *Alertmanager {
 	t.Helper()
 	bin := Binary(t, "prometheus-alertmanager", "prometheus-alertmanager", "alertmanager")
 	amtool := Binary(t, "prometheus-alertmanager", "amtool")
@@ -68,13 +85,30 @@ func StartAlertmanager(t testing.TB) *Alertmanager {
 			"--cluster.listen-address=",
 			"--log.level=warn",
 		},
+		client: &http.Client{Timeout: time.Second},
+	}
+	if pki != nil {
+		web := filepath.Join(dir, "web.yml")
+		webConfig := fmt.Sprintf("tls_server_config:\n  cert_file: %s\n  key_file: %s\n  client_ca_file: %s\n  client_auth_type: RequireAndVerifyClientCert\n",
+			pki.ServerCert, pki.ServerKey, pki.CAFile)
+		am.httpConfig = filepath.Join(dir, "amtool-http.yml")
+		amtoolConfig := fmt.Sprintf("tls_config:\n  ca_file: %s\n  cert_file: %s\n  key_file: %s\n", pki.CAFile, pki.ClientCert, pki.ClientKey)
+		for f, c := range map[string]string{web: webConfig, am.httpConfig: amtoolConfig} {
+			if err := os.WriteFile(f, []byte(c), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		am.args = append(am.args, "--web.config.file="+web)
+		am.url = "https://" + addr
+		am.client.Transport = &http.Transport{TLSClientConfig: pki.ClientTLS()}
 	}
 	t.Cleanup(func() { am.stop() })
 	am.Start(t)
 	return am
 }
 
-// URL is the Alertmanager's base URL, e.g. http://127.0.0.1:40123.
+// URL is the Alertmanager's base URL, e.g. http://127.0.0.1:40123
+// (https:// with TLS).
 func (am *Alertmanager) URL() string { return am.url }
 
 // Start starts the Alertmanager (again, after Stop) on the same port and
@@ -131,7 +165,7 @@ func (am *Alertmanager) stopLocked() {
 
 func (am *Alertmanager) waitReady(exited <-chan struct{}, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	c := &http.Client{Timeout: time.Second}
+	c := am.client
 	for time.Now().Before(deadline) {
 		select {
 		case <-exited:
@@ -166,7 +200,11 @@ func (am *Alertmanager) Query(t testing.TB, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	argv := append([]string{"--alertmanager.url=" + am.url, "alert", "query"}, args...)
+	argv := []string{"--alertmanager.url=" + am.url}
+	if am.httpConfig != "" {
+		argv = append(argv, "--http.config.file="+am.httpConfig)
+	}
+	argv = append(append(argv, "alert", "query"), args...)
 	cmd := exec.CommandContext(ctx, am.amtool, argv...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

@@ -22,6 +22,8 @@ type ClickHouse struct {
 	dir                string
 	server, client     string
 	tcpPort, httpPort  int
+	securePort         int  // tcp_port_secure, with pki
+	pki                *PKI // TLS on securePort
 	mu                 sync.Mutex
 	cmd                *exec.Cmd
 	exited             chan struct{}
@@ -36,6 +38,21 @@ type ClickHouse struct {
 func StartClickHouse(t testing.TB) *ClickHouse {
 	t.Helper()
 	c := newClickHouse(t, t.TempDir())
+	t.Cleanup(func() { c.stop() })
+	if err := c.start(); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// StartClickHouseTLS is StartClickHouse with, besides the plain native port
+// (for Query), a TLS one (SecureAddr: tcp_port_secure) that presents pki's
+// server certificate and requires a client certificate signed by pki's CA
+// (openSSL.server.verificationMode strict).
+func StartClickHouseTLS(t testing.TB, pki *PKI) *ClickHouse {
+	t.Helper()
+	c := newClickHouse(t, t.TempDir())
+	c.pki, c.securePort = pki, FreePort(t)
 	t.Cleanup(func() { c.stop() })
 	if err := c.start(); err != nil {
 		t.Fatal(err)
@@ -108,6 +125,9 @@ func newClickHouseAt(server, dir string, tcpPort, httpPort int) *ClickHouse {
 
 // Addr is the native-protocol address, 127.0.0.1:port.
 func (c *ClickHouse) Addr() string { return "127.0.0.1:" + strconv.Itoa(c.tcpPort) }
+
+// SecureAddr is the TLS native-protocol address (StartClickHouseTLS).
+func (c *ClickHouse) SecureAddr() string { return "127.0.0.1:" + strconv.Itoa(c.securePort) }
 
 // Dir is the server's directory: configuration, data and logs.
 func (c *ClickHouse) Dir() string { return c.dir }
@@ -247,6 +267,22 @@ func (c *ClickHouse) writeConfig() error {
 			return err
 		}
 	}
+	secure := ""
+	if c.pki != nil {
+		secure = fmt.Sprintf(`
+    <tcp_port_secure>%d</tcp_port_secure>
+    <openSSL>
+        <server>
+            <certificateFile>%s</certificateFile>
+            <privateKeyFile>%s</privateKeyFile>
+            <caConfig>%s</caConfig>
+            <verificationMode>strict</verificationMode>
+            <loadDefaultCAFile>false</loadDefaultCAFile>
+            <cacheSessions>false</cacheSessions>
+            <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>
+        </server>
+    </openSSL>`, c.securePort, c.pki.ServerCert, c.pki.ServerKey, c.pki.CAFile)
+	}
 	config := fmt.Sprintf(`<?xml version="1.0"?>
 <yandex>
     <logger>
@@ -258,7 +294,7 @@ func (c *ClickHouse) writeConfig() error {
     </logger>
     <listen_host>127.0.0.1</listen_host>
     <tcp_port>%[2]d</tcp_port>
-    <http_port>%[3]d</http_port>
+    <http_port>%[3]d</http_port>%[4]s
     <path>%[1]s/data/</path>
     <tmp_path>%[1]s/tmp/</tmp_path>
     <user_files_path>%[1]s/user_files/</user_files_path>
@@ -273,7 +309,7 @@ func (c *ClickHouse) writeConfig() error {
     <mlock_executable>false</mlock_executable>
     <shutdown_wait_unfinished>1</shutdown_wait_unfinished>
 </yandex>
-`, c.dir, c.tcpPort, c.httpPort)
+`, c.dir, c.tcpPort, c.httpPort, secure)
 	users := `<?xml version="1.0"?>
 <yandex>
     <profiles>

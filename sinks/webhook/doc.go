@@ -17,14 +17,19 @@
 // other status (other 4xx, and 3xx: redirects are not followed, since they
 // would re-send the request and its credentials elsewhere) wraps
 // detector.ErrPermanent: the receiver refuses the request, or the URL is
-// wrong. Requests the receiver has acknowledged are remembered (a bounded
+// wrong. So do TLS failures that the configuration causes
+// (detector.IsTLSConfigError): vigil does not trust the receiver's
+// certificate, or the receiver refuses vigil's client certificate or its
+// absence; the error names the tls.* settings to check. Requests the receiver has acknowledged are remembered (a bounded
 // set of recent request ids), so a retried batch does not POST them again;
 // the receiver still has to deduplicate by Idempotency-Key, because a
 // response that is lost in transit makes vigil send it again.
 //
 // Secrets come only from files and never appear in errors or logs: the
 // bearer token and the basic-auth password are re-read for every request
-// (so they can be rotated), the TLS client key is read by New. The URL must
+// (so they can be rotated), the TLS client key is read by New; key and
+// password files that other users may read are refused
+// (detector.CheckSecretFile). The URL must
 // not carry credentials, and errors name it without its query.
 //
 // Not here: the receiving side (verify with detector.VerifyRevocation and

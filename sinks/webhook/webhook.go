@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -239,6 +238,16 @@ func (s *Sink) post(ctx context.Context, rv *detector.Revocation) error {
 		if errors.As(err, &ue) {
 			err = ue.Err // the same error without the URL (and its query)
 		}
+		if !detector.IsTLSConfigError(err) && ctx.Err() == nil {
+			if terr := httpauth.DiagnoseTLS(ctx, s.url, s.tr.TLSClientConfig); terr != nil {
+				err = fmt.Errorf("%w (after: %v)", terr, err)
+			}
+		}
+		if detector.IsTLSConfigError(err) {
+			// Certificates that do not verify (or a server that does not
+			// speak TLS) fail the same way every time: stop, do not retry.
+			return fmt.Errorf("webhook: POST %s: request %s: TLS: %w: %s: %w", s.where, rv.RequestID, err, detector.TLSConfigFix("webhook.tls", err), detector.ErrPermanent)
+		}
 		return fmt.Errorf("webhook: POST %s: request %s: %w", s.where, rv.RequestID, err)
 	}
 	defer resp.Body.Close()
@@ -284,9 +293,9 @@ func (s *Sink) post(ctx context.Context, rv *detector.Revocation) error {
 // credentials reads the bearer token or the basic-auth password.
 func (s *Sink) credentials() (token, pass string, err error) {
 	read := func(field, file string) (string, error) {
-		b, err := os.ReadFile(file)
+		b, err := detector.ReadSecretFile(field, file)
 		if err != nil {
-			return "", fmt.Errorf("webhook: %s: %w", field, err)
+			return "", fmt.Errorf("webhook: %w", err)
 		}
 		v := strings.TrimRight(string(b), "\r\n")
 		if v == "" {

@@ -3,12 +3,10 @@ package webhook
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -22,6 +20,7 @@ import (
 
 	"github.com/vigil-sec/vigil/detector"
 	"github.com/vigil-sec/vigil/models"
+	"github.com/vigil-sec/vigil/sinks/sinktest"
 )
 
 func testSigner(t *testing.T) *detector.Signer {
@@ -398,45 +397,63 @@ func TestSecretsFromFiles(t *testing.T) {
 	}
 }
 
-// https with a private CA and a client certificate (mTLS).
+// https with a CA made in the test, to a receiver that requires and
+// verifies a client certificate signed by it (mTLS). A receiver vigil does
+// not trust, or one that refuses vigil's certificate (or its absence), is
+// a configuration error: Write fails at once with a permanent error that
+// says which settings to check, instead of retrying a handshake that fails
+// the same way every time (vigil stops; fix the files, restart).
 func TestTLS(t *testing.T) {
 	signer := testSigner(t)
-	var peerCerts int
+	pki := sinktest.NewPKI(t, "vigil test CA")
+	other := sinktest.NewPKI(t, "another CA")
+	var peer string
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		peerCerts = len(r.TLS.PeerCertificates)
+		peer = r.TLS.PeerCertificates[0].Subject.CommonName
 	}))
-	srv.TLS = &tls.Config{ClientAuth: tls.RequireAnyClientCert}
+	srv.TLS = pki.ServerTLS()
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshakes below
 	srv.StartTLS()
 	defer srv.Close()
-	// The server's own certificate and key serve as CA and client cert.
-	cert := srv.TLS.Certificates[0]
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
-	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := config(srv.URL)
-	cfg.TLS = TLSConfig{
-		CAFile:   writeFile(t, "ca.pem", string(certPEM)),
-		CertFile: writeFile(t, "cert.pem", string(certPEM)),
-		KeyFile:  writeFile(t, "key.pem", string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))),
-	}
+	cfg.TLS = TLSConfig{CAFile: pki.CAFile, CertFile: pki.ClientCert, KeyFile: pki.ClientKey}
 	b := detector.Batch{Revocations: []*detector.Revocation{revocation(t, signer, "a", 0)}}
 	if err := newSink(t, cfg).Write(context.Background(), b); err != nil {
 		t.Fatal(err)
 	}
-	if peerCerts != 1 {
-		t.Errorf("server saw %d client certificates, want 1", peerCerts)
+	if peer != "vigil" {
+		t.Errorf("server saw client certificate %q, want vigil's", peer)
 	}
-	// Without the CA the receiver is not trusted: retriable (a rotation
-	// may fix it), and the caller's logs say why.
-	cfg.TLS.CAFile = ""
-	if err := newSink(t, cfg).Write(context.Background(), b); err == nil || !strings.Contains(err.Error(), "certificate") {
-		t.Errorf("untrusted receiver: %v", err)
+	for _, tc := range []struct {
+		name string
+		tls  TLSConfig
+		want string
+	}{
+		{"no CA (system roots)", TLSConfig{CertFile: pki.ClientCert, KeyFile: pki.ClientKey}, "vigil does not trust the server's certificate: check webhook.tls.ca_file"},
+		{"the wrong CA", TLSConfig{CAFile: other.CAFile, CertFile: pki.ClientCert, KeyFile: pki.ClientKey}, "certificate signed by unknown authority"},
+		{"no client certificate", TLSConfig{CAFile: pki.CAFile}, "the server refused vigil's client certificate, or its absence"},
+		{"a client certificate of another CA", TLSConfig{CAFile: pki.CAFile, CertFile: other.ClientCert, KeyFile: other.ClientKey}, "check webhook.tls.cert_file"},
+	} {
+		c := cfg
+		c.TLS = tc.tls
+		err := newSink(t, c).Write(context.Background(), b)
+		if !errors.Is(err, detector.ErrPermanent) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v; want a permanent error saying %q", tc.name, err, tc.want)
+		}
 	}
 	cfg.TLS.CAFile = writeFile(t, "bad.pem", "not a certificate")
 	if _, err := New(cfg, nil); err == nil || !strings.Contains(err.Error(), "tls.ca_file") {
 		t.Errorf("bad CA file: %v", err)
+	}
+	cfg.TLS.CAFile = pki.CAFile
+	os.Chmod(pki.ClientKey, 0o644)
+	if _, err := New(cfg, nil); !errors.Is(err, detector.ErrSecretFileMode) || !strings.Contains(err.Error(), "tls.key_file") {
+		t.Errorf("client key readable by others: %v", err)
+	}
+	pass := writeFile(t, "pass", "pw")
+	os.Chmod(pass, 0o604)
+	if _, err := New(Config{URL: srv.URL, Timeout: time.Second, BasicAuth: BasicAuth{Username: "u", PasswordFile: pass}}, nil); !errors.Is(err, detector.ErrSecretFileMode) || !strings.Contains(err.Error(), "basic_auth.password_file") {
+		t.Errorf("password file readable by others: %v", err)
 	}
 }
 
