@@ -2,13 +2,17 @@ package detector
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vigil-sec/vigil/features"
 )
 
 // Fuzz targets for what vigil reads back from the state topic: agent and
@@ -310,6 +314,53 @@ func FuzzRevokerState(f *testing.F) {
 		}
 		if twice := q.AppendBinary(nil); !bytes.Equal(once, twice) {
 			t.Fatalf("re-encoding is not stable:\n once %x\ntwice %x", once, twice)
+		}
+	})
+}
+
+// FuzzParseInventory: the agent inventory file. What parses holds only
+// valid ids and classes and a known mode, and re-encodes to JSON that
+// parses to the same; an unlisted id's lookalike is a listed id.
+//
+// Run: go test -run='^$' -fuzz=FuzzParseInventory ./detector
+func FuzzParseInventory(f *testing.F) {
+	f.Add([]byte(`{"agents":[
+		{"id":"spiffe://bank.example/agent/payments-bot-07","class":"payments-bot","owner":"payments","criticality":"high"},
+		{"id":"spiffe://bank.example/agent/kyc-agent-01","class":"kyc-agent","mode":"observe"}]}`))
+	f.Add([]byte(`{"agents":[{"id":"a","class":"c","mode":"enforce"},{"id":"A","class":"c"}]}`))
+	f.Add([]byte(`{"agents":[{"id":"a\u202e","class":"c"}]} {"agents":[]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		inv, err := ParseInventory(data)
+		if err != nil {
+			return
+		}
+		var entries []*InventoryEntry
+		for id, e := range inv.agents {
+			if id != e.ID || features.CheckID(e.ID) != nil || features.CheckID(e.Class) != nil ||
+				(e.Mode != InventoryObserve && e.Mode != InventoryEnforce) {
+				t.Fatalf("accepted %+v", e)
+			}
+			if known := inv.lookalike(e.ID + "-x"); known == "" || inv.agents[known] == nil {
+				t.Fatalf("%q-x: lookalike %q", e.ID, known)
+			}
+			entries = append(entries, e)
+		}
+		slices.SortFunc(entries, func(a, b *InventoryEntry) int { return strings.Compare(a.ID, b.ID) })
+		again, err := json.Marshal(map[string]any{"agents": entries})
+		if err != nil {
+			t.Fatal(err)
+		}
+		inv2, err := ParseInventory(again)
+		if err != nil {
+			t.Fatalf("re-encoded inventory: %v\n%s", err, again)
+		}
+		if len(inv2.agents) != len(inv.agents) {
+			t.Fatalf("re-encoded inventory: %d agents, want %d", len(inv2.agents), len(inv.agents))
+		}
+		for id, e := range inv.agents {
+			if e2 := inv2.agents[id]; e2 == nil || *e2 != *e {
+				t.Fatalf("re-encoded %+v as %+v", e, e2)
+			}
 		}
 	})
 }
