@@ -65,7 +65,7 @@ func FuzzDecode(f *testing.F) {
 				if fe.Field != "" {
 					t.Fatalf("%s error names field %q", fe.Reason, fe.Field)
 				}
-			case ReasonMissingField, ReasonBadType, ReasonBadValue, ReasonBadTimestamp, ReasonBadID:
+			case ReasonMissingField, ReasonBadType, ReasonBadValue, ReasonBadTimestamp, ReasonBadID, ReasonDuplicateKey:
 				if fe.Field == "" {
 					t.Fatalf("%s error names no field: %v", fe.Reason, err)
 				}
@@ -112,6 +112,19 @@ func FuzzDecode(f *testing.F) {
 		r, err := refDecode(b)
 		if err != nil {
 			t.Fatalf("Decode accepted %q but encoding/json says: %v", b, err)
+		}
+		// A reader decoding into a struct (case-insensitive names) sees
+		// the same identity vigil scored.
+		var ids struct {
+			EventID      string `json:"event_id"`
+			AgentID      string `json:"agent_id"`
+			AgentClass   string `json:"agent_class"`
+			TargetID     string `json:"target_id"`
+			CredentialID string `json:"credential_id"`
+		}
+		if err := json.Unmarshal(b, &ids); err != nil || ids.EventID != got.EventID || ids.AgentID != got.AgentID ||
+			ids.AgentClass != got.AgentClass || ids.TargetID != got.TargetID || ids.CredentialID != got.CredentialID {
+			t.Fatalf("Decode accepted %q; a struct reader sees %+v (%v)", b, ids, err)
 		}
 		want := r.f
 		// ts: compare whenever time.Parse accepts it (it rejects leap seconds
