@@ -62,8 +62,17 @@ bench-speed: deps
 bench-quality:
 	$(GO) run ./bench/quality
 
+## fuzz: every fuzz target (a decoder of outside data), one after another, FUZZTIME each.
+## A crash's input lands in the package's testdata/fuzz/, which `make test` then replays.
+FUZZTIME ?= 20s
+FUZZ_TARGETS := features:FuzzDecode features:FuzzParseRFC3339 features:FuzzVerifyEvent \
+	features:FuzzParseKeyring features:FuzzSeenSet features:FuzzDedupRestore models:FuzzSnapshot \
+	detector:FuzzRestoreAgent detector:FuzzRestoreClass detector:FuzzRestorePartitionState \
+	detector:FuzzCheckpointRecords detector:FuzzRevokerState detector:FuzzRestoreState \
+	detector:FuzzParseInventory cmd/vigil:FuzzParseConfig
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./features
+	@set -e; for t in $(FUZZ_TARGETS); do echo "== $$t"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s ./$${t%%:*}; done
 
 clean:
 	rm -rf bin

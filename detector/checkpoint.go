@@ -140,6 +140,11 @@ const (
 	// far below Kafka's default 1 MiB message limit; a multiple of the
 	// filter's 16 bytes an id).
 	dedupPiece = 64 << 10
+	// maxDedupPieces bounds the pieces of one generation a marker may
+	// announce: 2^16 pieces of 32Ki ids each, far above any
+	// detector.dedup_capacity that fits in memory. Restoring allocates a
+	// slot per announced piece, and the next checkpoint deletes each.
+	maxDedupPieces = 1 << 16
 )
 
 func appendEnvelope(dst []byte, term, seq uint64) []byte {
@@ -254,9 +259,9 @@ func parseMarker(term, seq uint64, p []byte) (checkpointMarker, error) {
 	if m.DedupGen, ok = uv(); !ok {
 		return m, bad
 	}
-	for _, f := range [...]*int{&m.Agents, &m.Classes, &m.DedupCur, &m.DedupPrev} {
+	for i, f := range [...]*int{&m.Agents, &m.Classes, &m.DedupCur, &m.DedupPrev} {
 		v, ok := uv()
-		if !ok || v > 1<<40 {
+		if !ok || v > 1<<40 || (i >= 2 && v > maxDedupPieces) {
 			return m, bad
 		}
 		*f = int(v)

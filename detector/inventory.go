@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -61,6 +62,9 @@ func ParseInventory(data []byte) (*inventory, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("inventory: %w", err)
 	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("inventory: data after the JSON object at byte %d", dec.InputOffset())
+	}
 	inv := &inventory{agents: make(map[string]*InventoryEntry, len(f.Agents)), skeletons: make(map[string]string, len(f.Agents))}
 	for i, e := range f.Agents {
 		switch {
@@ -70,6 +74,8 @@ func ParseInventory(data []byte) (*inventory, error) {
 			return nil, fmt.Errorf("inventory: agent %q: %v", e.ID, features.CheckID(e.ID))
 		case e.Class == "":
 			return nil, fmt.Errorf("inventory: agent %q: class is required", e.ID)
+		case features.CheckID(e.Class) != nil:
+			return nil, fmt.Errorf("inventory: agent %q: class %q: %v", e.ID, e.Class, features.CheckID(e.Class))
 		case e.Mode == "":
 			e.Mode = InventoryEnforce
 		case e.Mode != InventoryObserve && e.Mode != InventoryEnforce:

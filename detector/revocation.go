@@ -484,7 +484,7 @@ func (r *Revoker) DecodeFrom(data []byte) error {
 		if !ok || !ok2 {
 			return bad
 		}
-		cs := make([]critical, 0, k)
+		cs := make([]critical, 0, min(k, uint64(len(data)-off))) // each takes ≥ 1 byte
 		for range k {
 			t, ok := iv()
 			v, ok2 := flag()

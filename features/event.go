@@ -31,6 +31,13 @@ const (
 	// MaxIDLen, or holds a character that would let two ids that print
 	// alike be different agents (see Decoder.Decode).
 	ReasonBadID Reason = "bad_id"
+	// ReasonDuplicateKey: a contract field appears twice, or under another
+	// spelling that encoding/json matches to it (case, or the Unicode
+	// letters that fold to ASCII ones: "ſ" for s, "K" (Kelvin) for k).
+	// JSON readers disagree on which of two members counts (Go's last
+	// wins, others take the first or only match case-insensitively), so
+	// a reader downstream could see another agent than the one scored.
+	ReasonDuplicateKey Reason = "duplicate_key"
 	// ReasonConflict is for the pipeline, never returned by Decode: the
 	// event_id was seen with different content (Dedup.Check says Conflict).
 	ReasonConflict Reason = "duplicate_conflict"
@@ -155,6 +162,7 @@ type Decoder struct {
 	buf       []byte
 	pos       int
 	seen      uint32 // bit set of required fields present
+	keys      uint32 // bit set of contract fields present (see contractNames)
 	printable bool   // set by str
 }
 
@@ -186,7 +194,10 @@ var requiredNames = [...]struct {
 // a control (Cc) or format (Cf: zero-width, bidi overrides, BOM) character,
 // a line or paragraph separator (Zl, Zp), U+FFFD (what a lone surrogate
 // escape decodes to) or invalid UTF-8: such ids print like other ids, so one
-// agent could pass for another or split itself into many. On error e is left partially filled and the
+// agent could pass for another or split itself into many. A contract field
+// that appears twice, or under a spelling encoding/json takes for it
+// ("Agent_ID"), is rejected with ReasonDuplicateKey: readers disagree on
+// which member counts, and every reader must see the agent vigil scored. On error e is left partially filled and the
 // error wraps ErrInvalidEvent. b must not be modified until e is no longer
 // used.
 func (d *Decoder) Decode(b []byte, e *Event) error {
@@ -198,7 +209,7 @@ func (d *Decoder) Decode(b []byte, e *Event) error {
 		d.scratch = make([]byte, 0, len(b)+len(b)/2)
 	}
 	d.scratch = d.scratch[:0]
-	d.buf, d.pos, d.seen = b, 0, 0
+	d.buf, d.pos, d.seen, d.keys = b, 0, 0, 0
 	err := d.object(e)
 	d.buf = nil
 	if err != nil {
@@ -478,13 +489,26 @@ func (d *Decoder) notString(name string, required bool) error {
 	return typeErr(name, "a string")
 }
 
+// contractNames are the fields of contract v1, indexed by their bit in
+// Decoder.keys.
+var contractNames = [...]string{
+	"event_id", "ts", "agent_id", "agent_class", "target_id", "action", "decision", "resource",
+	"credential_id", "src_ip", "sig_key", "sig", "data_class", "status", "auth", "attested",
+	"bytes_in", "bytes_out", "latency_ms", "amount", "workload_version",
+}
+
 func (d *Decoder) field(key []byte, e *Event) error {
 	var err error
-	switch string(key) { // no allocation: the compiler switches on the bytes
+	// k is the field's index in contractNames. The switch on the bytes
+	// does not allocate.
+	k := -1
+	switch string(key) {
 	case "event_id":
+		k = 0
 		e.EventID, err = d.idField("event_id", true)
 		d.seen |= reqEventID
 	case "ts":
+		k = 1
 		var s []byte
 		if s, err = d.strField("ts", true); err == nil {
 			ts, year, ok := parseRFC3339(s)
@@ -498,17 +522,22 @@ func (d *Decoder) field(key []byte, e *Event) error {
 		}
 		d.seen |= reqTS
 	case "agent_id":
+		k = 2
 		e.AgentID, err = d.idField("agent_id", true)
 		d.seen |= reqAgentID
 	case "agent_class":
+		k = 3
 		e.AgentClass, err = d.idField("agent_class", false)
 	case "target_id":
+		k = 4
 		e.TargetID, err = d.idField("target_id", true)
 		d.seen |= reqTargetID
 	case "action":
+		k = 5
 		e.Action, err = d.strField("action", true)
 		d.seen |= reqAction
 	case "decision":
+		k = 6
 		var s []byte
 		if s, err = d.strField("decision", true); err == nil {
 			switch string(s) {
@@ -522,29 +551,38 @@ func (d *Decoder) field(key []byte, e *Event) error {
 		}
 		d.seen |= reqDecision
 	case "resource":
+		k = 7
 		e.Resource, err = d.strField("resource", false)
 	case "credential_id":
+		k = 8
 		e.CredentialID, err = d.idField("credential_id", false)
 	case "src_ip":
+		k = 9
 		e.SrcIP, err = d.strField("src_ip", false)
 	case "sig_key":
+		k = 10
 		e.SigKey, err = d.strField("sig_key", false)
 	case "sig":
+		k = 11
 		e.Sig, err = d.strField("sig", false)
 		e.HasSig = len(e.Sig) > 0
 	case "data_class":
+		k = 12
 		var v uint8
 		v, err = d.enumField("data_class", dataClassNames[:])
 		e.DataClass = DataClass(v)
 	case "status":
+		k = 13
 		var v uint8
 		v, err = d.enumField("status", statusNames[:])
 		e.Status = Status(v)
 	case "auth":
+		k = 14
 		var v uint8
 		v, err = d.enumField("auth", authNames[:])
 		e.Auth = Auth(v)
 	case "attested":
+		k = 15
 		e.Attested = AttestUnknown
 		switch {
 		case d.lit("true"):
@@ -558,17 +596,55 @@ func (d *Decoder) field(key []byte, e *Event) error {
 			}
 		}
 	case "bytes_in":
+		k = 16
 		e.BytesIn, err = d.intField("bytes_in")
 	case "bytes_out":
+		k = 17
 		e.BytesOut, err = d.intField("bytes_out")
 	case "latency_ms":
+		k = 18
 		e.LatencyMS, e.HasLatency, err = d.floatField("latency_ms")
 	case "amount":
+		k = 19
 		e.Amount, _, err = d.floatField("amount")
-	default:
+	case "workload_version":
+		k = 20
 		err = d.skip()
+	default:
+		if err = d.skip(); err == nil {
+			err = otherSpelling(key)
+		}
 	}
-	return err
+	if err != nil || k < 0 {
+		return err
+	}
+	if d.keys&(1<<k) != 0 {
+		return &FieldError{Field: contractNames[k], Reason: ReasonDuplicateKey, Msg: "appears twice"}
+	}
+	d.keys |= 1 << k
+	return nil
+}
+
+// otherSpelling rejects a key that is not a contract field's name but that
+// encoding/json would take for one (it matches names case-insensitively,
+// with Unicode's simple folding).
+func otherSpelling(key []byte) error {
+	fold := false // upper case or non-ASCII: could fold to a name
+	for _, c := range key {
+		if c >= 0x80 || (c >= 'A' && c <= 'Z') {
+			fold = true
+			break
+		}
+	}
+	if !fold {
+		return nil
+	}
+	for _, name := range contractNames {
+		if strings.EqualFold(bytesToString(key), name) {
+			return &FieldError{Field: name, Reason: ReasonDuplicateKey, Msg: fmt.Sprintf("spelled %q: JSON readers differ on whether that is the same field", key)}
+		}
+	}
+	return nil
 }
 
 // Names of the enumerated optional fields, indexed by their constants (index 0,
@@ -580,8 +656,7 @@ var (
 )
 
 // enumField decodes an optional string field that must be one of names[1:],
-// returning its index, or 0 for null. A later duplicate key wins, null
-// included, because the caller assigns the result unconditionally.
+// returning its index, or 0 for null.
 func (d *Decoder) enumField(field string, names []string) (uint8, error) {
 	s, err := d.strField(field, false)
 	if err != nil || s == nil {

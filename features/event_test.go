@@ -221,9 +221,9 @@ func validDecodeCases() []validCase {
 			mod(min, func(f *flat) { f.Resource = long }),
 		},
 		{
-			"duplicate key: the last one wins",
-			obj(append(minimalFields(), kv{"agent_id", `"agent-2"`}, kv{"bytes_in", `5`}, kv{"bytes_in", `7`})),
-			mod(min, func(f *flat) { f.AgentID, f.BytesIn = "agent-2", 7 }),
+			"an unknown field twice",
+			obj(append(minimalFields(), kv{"x", `1`}, kv{"x", `{"agent_id":"other"}`}, kv{"Agent", `2`})),
+			min,
 		},
 	}
 }
@@ -785,25 +785,43 @@ func TestDecodeInvalidUTF8(t *testing.T) {
 	}
 }
 
-// TestDecodeDuplicateKeyNull (bug dup-null): with duplicate keys the last one
-// wins, as in encoding/json, for every field except data_class, status, auth
-// and attested, where a later null keeps the earlier value.
-func TestDecodeDuplicateKeyNull(t *testing.T) {
-	for _, tc := range []struct{ k, v string }{
-		{"bytes_in", "5"}, {"latency_ms", "5"}, {"amount", "5"}, {"resource", `"r"`}, {"sig", `"s"`},
-		{"data_class", `"public"`}, {"status", `"ok"`}, {"auth", `"mtls"`}, {"attested", "true"},
+// TestDecodeDuplicateKeys (issue 12 item 5): a contract field twice, or
+// under a spelling encoding/json matches to it, is rejected whatever the
+// values: before, the last member won (and for data_class, status, auth and
+// attested a later null kept the earlier value), while other JSON readers
+// take the first, and encoding/json decoding into a struct takes
+// "AGENT_ID" for agent_id — a reader downstream saw another agent than the
+// one vigil scored.
+func TestDecodeDuplicateKeys(t *testing.T) {
+	for _, tc := range []struct{ k, v, k2, v2 string }{
+		{"agent_id", `"agent-2"`, "agent_id", `"agent-3"`},
+		{"agent_id", `"agent-2"`, "AGENT_ID", `"agent-3"`},
+		{"agent_id", `"agent-2"`, "agent_ID", `"agent-3"`},
+		{"event_id", `"e"`, "event_id", `"e"`},
+		{"ts", `"2026-03-02T09:15:03Z"`, "t\u017f", `"2030-01-01T00:00:00Z"`}, // ſ folds to s
+		{"sig_key", `"k1"`, "sig_Key", `"k2"`},                                // Kelvin sign folds to k
+		{"decision", `"allow"`, "Decision", `"deny"`},
+		{"target_id", `"t"`, "target_id", `"t2"`},
+		{"bytes_in", "5", "bytes_in", "null"}, {"latency_ms", "5", "latency_ms", "7"}, {"amount", "5", "amount", "null"},
+		{"resource", `"r"`, "resource", "null"}, {"sig", `"s"`, "sig", `"t"`},
+		{"data_class", `"public"`, "data_class", "null"}, {"status", `"ok"`, "status", "null"},
+		{"auth", `"mtls"`, "auth", "null"}, {"attested", "true", "attested", "null"},
+		{"workload_version", `"v1"`, "workload_version", `"v2"`},
 	} {
-		t.Run(tc.k, func(t *testing.T) {
-			in := obj(append(minimalFields(), kv{tc.k, tc.v}, kv{tc.k, "null"}))
+		t.Run(tc.k2, func(t *testing.T) {
+			in := obj(append(without(minimalFields(), tc.k), kv{tc.k, tc.v}, kv{tc.k2, tc.v2}))
 			var d Decoder
 			var e Event
-			if err := d.Decode([]byte(in), &e); err != nil {
-				t.Fatal(err)
-			}
-			if got, want := flatten(&e), minimalWant(); got != want {
-				t.Fatalf("%s: a later null did not clear the earlier value:\n%s", in, got.diff(want))
-			}
+			checkFieldError(t, d.Decode([]byte(in), &e), tc.k, ReasonDuplicateKey, "")
 		})
+	}
+	// What the rejection prevents: encoding/json into a struct reads the
+	// other spelling as agent_id.
+	var ref struct {
+		AgentID string `json:"agent_id"`
+	}
+	if err := json.Unmarshal([]byte(`{"agent_id":"a","AGENT_ID":"b"}`), &ref); err != nil || ref.AgentID != "b" {
+		t.Logf("encoding/json no longer folds case: %q, %v", ref.AgentID, err)
 	}
 }
 

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math"
+	"slices"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -63,7 +65,7 @@ func FuzzDecode(f *testing.F) {
 				if fe.Field != "" {
 					t.Fatalf("%s error names field %q", fe.Reason, fe.Field)
 				}
-			case ReasonMissingField, ReasonBadType, ReasonBadValue, ReasonBadTimestamp, ReasonBadID:
+			case ReasonMissingField, ReasonBadType, ReasonBadValue, ReasonBadTimestamp, ReasonBadID, ReasonDuplicateKey:
 				if fe.Field == "" {
 					t.Fatalf("%s error names no field: %v", fe.Reason, err)
 				}
@@ -110,6 +112,19 @@ func FuzzDecode(f *testing.F) {
 		r, err := refDecode(b)
 		if err != nil {
 			t.Fatalf("Decode accepted %q but encoding/json says: %v", b, err)
+		}
+		// A reader decoding into a struct (case-insensitive names) sees
+		// the same identity vigil scored.
+		var ids struct {
+			EventID      string `json:"event_id"`
+			AgentID      string `json:"agent_id"`
+			AgentClass   string `json:"agent_class"`
+			TargetID     string `json:"target_id"`
+			CredentialID string `json:"credential_id"`
+		}
+		if err := json.Unmarshal(b, &ids); err != nil || ids.EventID != got.EventID || ids.AgentID != got.AgentID ||
+			ids.AgentClass != got.AgentClass || ids.TargetID != got.TargetID || ids.CredentialID != got.CredentialID {
+			t.Fatalf("Decode accepted %q; a struct reader sees %+v (%v)", b, ids, err)
 		}
 		want := r.f
 		// ts: compare whenever time.Parse accepts it (it rejects leap seconds
@@ -202,6 +217,135 @@ func FuzzParseRFC3339(f *testing.F) {
 		got, ok = ParseRFC3339([]byte(canon))
 		if !ok || got != n {
 			t.Fatalf("ParseRFC3339(%q) = %d, %v; want %d, true", canon, got, ok, n)
+		}
+	})
+}
+
+// seenSeed is a real first-seen set: slots per generation, a few hundred
+// items observed (it has rotated once).
+func seenSeed(slots, items int) []byte {
+	s := NewSeenSet(slots)
+	for i := range items {
+		s.Observe(uint32(Hash64([]byte{byte(i), byte(i >> 8)}, seedCredential) >> 32))
+	}
+	return s.AppendBinary(nil)
+}
+
+// FuzzSeenSet: a first-seen set inside an agent or peer-group snapshot from
+// the state topic, restored into a set of 2^(slotsLog%14) slots a
+// generation (the same size as the snapshot's, or another: rehashed).
+// What decodes re-encodes to the same, holds no more than its slots, and
+// answers lookups and records new items (a generation filled up to its last
+// slot made lookups loop forever).
+//
+// Run: go test -run='^$' -fuzz=FuzzSeenSet ./features
+func FuzzSeenSet(f *testing.F) {
+	f.Add(seenSeed(128, 20), uint8(7))
+	f.Add(seenSeed(128, 300), uint8(7))
+	f.Add(seenSeed(16, 30), uint8(4))
+	f.Add(seenSeed(16, 30), uint8(7))
+	f.Fuzz(func(t *testing.T, data []byte, slotsLog uint8) {
+		slots := 1 << (slotsLog % 14)
+		var s SeenSet
+		n, err := s.DecodeFrom(data, slots)
+		if err != nil {
+			if !errors.Is(err, ErrSeenSnapshot) {
+				t.Fatalf("error %v does not wrap ErrSeenSnapshot", err)
+			}
+			return
+		}
+		if n <= 0 || n > len(data) {
+			t.Fatalf("used %d of %d bytes", n, len(data))
+		}
+		if s.Len() > 2*s.Slots() || s.Slots() < slots {
+			t.Fatalf("%d items in %d slots a generation, configured %d", s.Len(), s.Slots(), slots)
+		}
+		once := s.AppendBinary(nil)
+		var q SeenSet
+		if m, err := q.DecodeFrom(once, slots); err != nil || m != len(once) {
+			t.Fatalf("re-encoded set: %d of %d bytes, %v", m, len(once), err)
+		}
+		if twice := q.AppendBinary(nil); !bytes.Equal(once, twice) {
+			t.Fatalf("re-encoding is not stable:\n once %x\ntwice %x", once, twice)
+		}
+		for i := range uint32(3 * s.Slots()) {
+			fp := i*0x9e3779b1 | 1
+			s.Contains(fp)
+			s.Observe(fp)
+			if !s.Contains(fp) {
+				t.Fatalf("%#x observed, not contained", fp)
+			}
+		}
+	})
+}
+
+// FuzzDedupRestore: the duplicate filter's pieces from the state topic
+// (data split into pieces at 0xff 0xfe, the current generation's before
+// 0xff 0xfd, the previous one's after). Restored ids re-encode to the same
+// set of entries; the filter then answers and rotates as usual.
+//
+// Run: go test -run='^$' -fuzz=FuzzDedupRestore ./features
+func FuzzDedupRestore(f *testing.F) {
+	d := NewDedup(int64(time.Hour), 64)
+	base := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC).UnixNano()
+	for i := range 100 {
+		d.Check([]byte(fmt.Sprint("e", i)), uint64(i), base+int64(i)*int64(time.Minute))
+	}
+	gen, start := d.Generation()
+	cur, prev := d.AppendGeneration(nil, false), d.AppendGeneration(nil, true)
+	f.Add(gen, start, append(append(cur, 0xff, 0xfd), prev...))
+	f.Add(gen, start, append(append(cur[:16+16*3:16+16*3], 0xff, 0xfe), cur[16+16*3:]...))
+	f.Add(uint64(1), start, []byte("12345678abcdefgh"))
+	f.Fuzz(func(t *testing.T, gen uint64, start int64, data []byte) {
+		c, p, _ := bytes.Cut(data, []byte{0xff, 0xfd})
+		split := func(b []byte) [][]byte {
+			if len(b) == 0 {
+				return nil
+			}
+			return bytes.Split(b, []byte{0xff, 0xfe})
+		}
+		d := NewDedup(int64(time.Hour), 64)
+		if err := d.Restore(gen, start, split(c), split(p)); err != nil {
+			if !errors.Is(err, ErrDedupSnapshot) {
+				t.Fatalf("error %v does not wrap ErrDedupSnapshot", err)
+			}
+			return
+		}
+		if d.Len() > len(data)/8 {
+			t.Fatalf("%d ids from %d bytes", d.Len(), len(data))
+		}
+		entries := func(d *Dedup, prev bool) []string {
+			b := d.AppendGeneration(nil, prev)
+			var out []string
+			for i := min(len(b), 16); i+16 <= len(b); i += 16 {
+				out = append(out, string(b[i:i+16]))
+			}
+			slices.Sort(out)
+			return out
+		}
+		q := NewDedup(int64(time.Hour), 64)
+		var pieces [2][][]byte
+		for i := range pieces {
+			if b := d.AppendGeneration(nil, i == 1); len(b) > 0 {
+				pieces[i] = [][]byte{b}
+			}
+		}
+		if err := q.Restore(gen, start, pieces[0], pieces[1]); err != nil {
+			t.Fatalf("re-encoded filter: %v", err)
+		}
+		for _, prev := range []bool{false, true} {
+			if a, b := entries(d, prev), entries(q, prev); !slices.Equal(a, b) {
+				t.Fatalf("previous %v: %d entries re-encode to %d", prev, len(a), len(b))
+			}
+		}
+		for i := range 200 {
+			id := []byte(fmt.Sprint("n", i))
+			ts := start + int64(i)*int64(time.Minute)
+			if v := d.Check(id, 7, ts); v == Unseen {
+				if v := d.Check(id, 7, ts); v != Duplicate {
+					t.Fatalf("%s checked twice: %v", id, v)
+				}
+			}
 		}
 	})
 }

@@ -150,7 +150,7 @@ func (s *SeenSet) DecodeFrom(data []byte, slotsPerGen int) (int, error) {
 	}
 	cur := int(data[off])
 	off++
-	n, ok1 := next()
+	_, ok1 := next() // the current generation's count: recounted below
 	occupied, ok2 := next()
 	if !ok1 || !ok2 || cur > 1 || occupied > 2*slots {
 		return 0, fmt.Errorf("%w: header", ErrSeenSnapshot)
@@ -158,7 +158,7 @@ func (s *SeenSet) DecodeFrom(data []byte, slotsPerGen int) (int, error) {
 	*s = NewSeenSet(slotsPerGen)
 	same := int(slots) == len(s.tab)/2
 	if same {
-		s.cur, s.n = cur, int(n)
+		s.cur = cur
 	}
 	for range occupied {
 		i, ok := next()
@@ -171,6 +171,25 @@ func (s *SeenSet) DecodeFrom(data []byte, slotsPerGen int) (int, error) {
 			s.tab[i] = fp
 		} else if fp != 0 {
 			s.Observe(fp) // rehash into the new size
+		}
+	}
+	if same {
+		// Lookups probe until an empty slot: a generation fuller than
+		// Observe ever leaves one (3/4) would make them loop forever.
+		for g := range 2 {
+			k := 0
+			for _, v := range s.half(g) {
+				if v != 0 {
+					k++
+				}
+			}
+			if 4*k > 3*int(slots) {
+				*s = NewSeenSet(slotsPerGen)
+				return 0, fmt.Errorf("%w: generation %d holds %d of %d slots", ErrSeenSnapshot, g, k, slots)
+			}
+			if g == s.cur {
+				s.n = k
+			}
 		}
 	}
 	return off, nil

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"path"
 	"time"
 )
@@ -107,6 +108,9 @@ func ParseKeyring(data []byte) (*Keyring, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("keyring: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("keyring: data after the JSON object at byte %d", dec.InputOffset())
 	}
 	k := &Keyring{keys: make(map[string]*SigningKey, len(f.Keys))}
 	for i, key := range f.Keys {

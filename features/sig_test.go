@@ -1,10 +1,13 @@
 package features
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -144,4 +147,49 @@ func BenchmarkVerifyEvent(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// FuzzParseKeyring: the emitters' keyring file. What parses holds only keys
+// with an id, 32 bytes of public key, valid patterns and a validity that
+// does not end before it starts, and re-encodes to JSON that parses to the
+// same keys.
+//
+// Run: go test -run='^$' -fuzz=FuzzParseKeyring ./features
+func FuzzParseKeyring(f *testing.F) {
+	pub := base64.StdEncoding.EncodeToString(make([]byte, 32))
+	f.Add([]byte(`{"keys":[{"kid":"gw-1","public_key":"` + pub + `","agents":["spiffe://bank.example/agent/pay-*"],"not_before":"2026-01-01T00:00:00Z","not_after":"2027-01-01T00:00:00+01:00"},{"kid":"gw-2","public_key":"` + pub + `"}]}`))
+	f.Add([]byte(`{"keys":[{"kid":"a","public_key":"` + pub + `","agents":["["]}]}`))
+	f.Add([]byte(`{"keys":[]} {"keys":[{"kid":"a","public_key":"` + pub + `"}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		k, err := ParseKeyring(data)
+		if err != nil {
+			return
+		}
+		var keys []*SigningKey
+		for kid, key := range k.keys {
+			if kid != key.KeyID || kid == "" || len(key.Public) != ed25519.PublicKeySize ||
+				(!key.NotAfter.IsZero() && key.NotAfter.Before(key.NotBefore)) {
+				t.Fatalf("accepted %+v", key)
+			}
+			keys = append(keys, key)
+		}
+		again, err := json.Marshal(map[string]any{"keys": keys})
+		if err != nil {
+			return // a time outside years 0-9999 does not marshal
+		}
+		k2, err := ParseKeyring(again)
+		if err != nil {
+			t.Fatalf("re-encoded keyring: %v\n%s", err, again)
+		}
+		if k2.Len() != k.Len() {
+			t.Fatalf("re-encoded keyring: %d keys, want %d", k2.Len(), k.Len())
+		}
+		for kid, a := range k.keys {
+			b := k2.keys[kid]
+			if b == nil || !bytes.Equal(a.Public, b.Public) || !slices.Equal(a.Agents, b.Agents) ||
+				!a.NotBefore.Equal(b.NotBefore) || !a.NotAfter.Equal(b.NotAfter) {
+				t.Fatalf("re-encoded %+v as %+v", a, b)
+			}
+		}
+	})
 }

@@ -14,7 +14,7 @@ const win = int64(5 * time.Minute)
 // monday is 2026-03-02T00:00:00Z, a Monday, as a window index.
 var monday = time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC).UnixNano() / win
 
-func newModel(t *testing.T) *Model {
+func newModel(t testing.TB) *Model {
 	t.Helper()
 	m, err := New(DefaultConfig())
 	if err != nil {

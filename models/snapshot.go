@@ -66,6 +66,9 @@ func (b *Baseline) decodeFrom(data []byte) (int, error) {
 	*b = Baseline{}
 	d := decoder{buf: data[start : start+int(size)]}
 	b.fields(&d)
+	if int(b.hodHour) >= len(b.hodBias) {
+		b.hodHour = 0 // an index: out of range, it would panic when learned
+	}
 	return start + int(size), nil
 }
 

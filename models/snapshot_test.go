@@ -2,13 +2,14 @@ package models
 
 import (
 	"errors"
+	"math"
 	"math/rand/v2"
 	"testing"
 
 	"github.com/vigil-sec/vigil/features"
 )
 
-func learnedBaseline(t *testing.T) (*Model, *Baseline, *Baseline) {
+func learnedBaseline(t testing.TB) (*Model, *Baseline, *Baseline) {
 	t.Helper()
 	m := newModel(t)
 	rng := rand.New(rand.NewPCG(9, 9))
@@ -96,19 +97,45 @@ func uvarint(x uint64) []byte {
 	return append(out, byte(x))
 }
 
+// FuzzSnapshot: a baseline snapshot from the state topic (anyone who can
+// write there chooses it). What decodes re-encodes to the same, and a
+// restored baseline — as the agent's and as the peer group's — scores and
+// learns windows without panicking, with a score in 0–100.
+//
+// Run: go test -run='^$' -fuzz=FuzzSnapshot ./models
 func FuzzSnapshot(f *testing.F) {
 	var b Baseline
 	data, _ := b.MarshalBinary()
 	f.Add(data)
+	m, a, p := learnedBaseline(f)
+	for _, x := range []*Baseline{a, p} {
+		data, _ := x.MarshalBinary()
+		f.Add(data)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var b Baseline
 		if err := b.UnmarshalBinary(data); err != nil {
+			if !errors.Is(err, ErrSnapshot) {
+				t.Fatalf("error %v does not wrap ErrSnapshot", err)
+			}
 			return
 		}
 		again, _ := b.MarshalBinary()
 		var c Baseline
 		if err := c.UnmarshalBinary(again); err != nil || c != b {
 			t.Fatalf("re-encoding does not round-trip: %v", err)
+		}
+		peer := b
+		for i, v := range []features.Vector{vec(monday+3000, 60, 9000), vec(monday+3001, 0, 0), vec(monday+3013, 5, 1000)} {
+			var r Result
+			m.CatchUp(v.Index, &b, &peer)
+			m.Evaluate(&v, &b, &peer, &r)
+			m.Finish(&r)
+			m.Sustain(&b, &v, &r)
+			if math.IsNaN(r.Score) || r.Score < 0 || r.Score > 100 {
+				t.Fatalf("window %d: score %v", i, r.Score)
+			}
+			m.Learn(&v, &r, &b, &peer, m.LearnWeight(r.Score))
 		}
 	})
 }

@@ -31,27 +31,37 @@ func DefaultConfig() Config {
 // loadConfig reads path over the defaults; an empty path means defaults only.
 // Unknown fields are errors, so a typo never silently keeps a default.
 func loadConfig(path string) (Config, error) {
-	cfg := DefaultConfig()
 	if path == "" {
-		return cfg, nil
+		return DefaultConfig(), nil
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return cfg, fmt.Errorf("config: %w", err)
+		return DefaultConfig(), fmt.Errorf("config: %w", err)
 	}
+	cfg, err := parseConfig(b)
+	if err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// parseConfig reads a configuration file's contents over the defaults and
+// validates the result.
+func parseConfig(b []byte) (Config, error) {
+	cfg := DefaultConfig()
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return cfg, fmt.Errorf("config %s: %w", path, err)
+		return cfg, err
 	}
 	if err := cfg.Detector.Validate(); err != nil {
-		return cfg, fmt.Errorf("config %s: %w", path, err)
+		return cfg, err
 	}
 	if err := cfg.Kafka.Validate(); err != nil {
-		return cfg, fmt.Errorf("config %s: %w", path, err)
+		return cfg, err
 	}
 	if err := cfg.Outputs.Validate(); err != nil {
-		return cfg, fmt.Errorf("config %s: %w", path, err)
+		return cfg, err
 	}
 	return cfg, nil
 }
