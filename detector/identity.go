@@ -166,22 +166,36 @@ func (p *Pipeline) newIdentity(a *agent, e *features.Event, newGroup bool) {
 	if !p.mature() {
 		return // a partition in its first day: everyone is new
 	}
-	idx := features.WindowIndex(e.TS, p.size)
-	at := p.trustedAt(e.TS)
 	reasons := []models.Reason{{Feature: "new_identity", Value: 1}}
 	if newGroup {
 		reasons = append(reasons, models.Reason{Feature: "new_peer_group", Value: 1})
 	}
+	p.identityEvent(a.id, a.class.name, e, KindNewIdentity, KindNewIdentity, SeverityInfo, reasons, "none")
+}
+
+// identityEvent raises an alert about an identity (not a behaviour) in
+// the window of event e: kind, its alert id made with idKind, the score
+// of its severity. It goes through the identity limiter, so a burst of
+// them is one identity_flood alert an hour.
+func (p *Pipeline) identityEvent(agentID, class string, e *features.Event, kind, idKind string, sev Severity, reasons []models.Reason, source string) {
+	idx := features.WindowIndex(e.TS, p.size)
+	score := p.cfg.Policy.InfoScore
+	switch sev {
+	case SeverityWarning:
+		score = p.cfg.Policy.WarningScore
+	case SeverityCritical:
+		score = p.cfg.Policy.CriticalScore
+	}
 	al := &Alert{
-		AlertID: AlertID(a.id, idx*p.size, KindNewIdentity), AgentID: a.id, AgentClass: a.class.name,
+		AlertID: AlertID(agentID, idx*p.size, idKind), AgentID: agentID, AgentClass: class,
 		WindowStart: time.Unix(0, idx*p.size).UTC(), WindowEnd: time.Unix(0, (idx+1)*p.size).UTC(),
-		DetectedAt: time.Unix(0, at).UTC(), Score: p.cfg.Policy.InfoScore, Severity: SeverityInfo,
-		Kind: KindNewIdentity, Reasons: reasons, Baseline: Baseline{Source: "none"},
+		DetectedAt: time.Unix(0, p.trustedAt(e.TS)).UTC(), Score: score, Severity: sev,
+		Kind: kind, Reasons: reasons, Baseline: Baseline{Source: source},
 	}
 	if !p.identityAlert(al) {
 		return
 	}
-	p.stats.Alerts[SeverityInfo]++
+	p.stats.Alerts[sev]++
 	if p.onAlert != nil {
 		p.onAlert(al)
 	}

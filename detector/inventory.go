@@ -222,30 +222,13 @@ func (p *Pipeline) observeOnly(id string) bool {
 // unknownAgent raises unknown_agent for a new identity the inventory does
 // not list, naming the known id it looks like, if any.
 func (p *Pipeline) unknownAgent(a *agent, e *features.Event) {
-	inv := p.inv.inv.Load()
-	idx := features.WindowIndex(e.TS, p.size)
 	reasons := []models.Reason{{Feature: "not_in_inventory", Value: 1}}
 	sev := SeverityWarning
-	if like := inv.lookalike(a.id); like != "" {
+	if like := p.inv.inv.Load().lookalike(a.id); like != "" {
 		reasons = append(reasons, models.Reason{Feature: "lookalike_of:" + like, Value: 1})
 		sev = SeverityCritical
 	}
-	al := &Alert{
-		AlertID: AlertID(a.id, idx*p.size, KindUnknownAgent), AgentID: a.id, AgentClass: a.class.name,
-		WindowStart: time.Unix(0, idx*p.size).UTC(), WindowEnd: time.Unix(0, (idx+1)*p.size).UTC(),
-		DetectedAt: time.Unix(0, p.trustedAt(e.TS)).UTC(), Score: p.cfg.Policy.WarningScore, Severity: sev,
-		Kind: KindUnknownAgent, Reasons: reasons, Baseline: Baseline{Source: "none"},
-	}
-	if sev == SeverityCritical {
-		al.Score = p.cfg.Policy.CriticalScore
-	}
-	if !p.identityAlert(al) {
-		return
-	}
-	p.stats.Alerts[sev]++
-	if p.onAlert != nil {
-		p.onAlert(al)
-	}
+	p.identityEvent(a.id, a.class.name, e, KindUnknownAgent, KindUnknownAgent, sev, reasons, "none")
 }
 
 // checkClaim raises an identity alert when an event claims another peer
@@ -262,24 +245,6 @@ func (p *Pipeline) checkClaim(a *agent, e *features.Event, idx int64) {
 		return
 	}
 	p.claims[a.id] = idx
-	p.classMismatch(a, e)
-}
-
-func (p *Pipeline) classMismatch(a *agent, e *features.Event) {
-	idx := features.WindowIndex(e.TS, p.size)
-	al := &Alert{
-		AlertID: AlertID(a.id, idx*p.size, KindIdentity+"/class"), AgentID: a.id, AgentClass: a.class.name,
-		WindowStart: time.Unix(0, idx*p.size).UTC(), WindowEnd: time.Unix(0, (idx+1)*p.size).UTC(),
-		DetectedAt: time.Unix(0, p.trustedAt(e.TS)).UTC(), Score: p.cfg.Policy.WarningScore, Severity: SeverityWarning,
-		Kind:     KindIdentity,
-		Reasons:  []models.Reason{{Feature: "claimed_class:" + string(e.AgentClass), Value: 1}},
-		Baseline: Baseline{Source: "inventory"},
-	}
-	if !p.identityAlert(al) {
-		return
-	}
-	p.stats.Alerts[al.Severity]++
-	if p.onAlert != nil {
-		p.onAlert(al)
-	}
+	p.identityEvent(a.id, a.class.name, e, KindIdentity, KindIdentity+"/class", SeverityWarning,
+		[]models.Reason{{Feature: "claimed_class:" + string(e.AgentClass), Value: 1}}, "inventory")
 }

@@ -115,25 +115,12 @@ func (p *Pipeline) verify(e *features.Event, raw []byte) (bool, error) {
 // enforce (no credentials), and a burst of them folds into the hour's
 // identity_flood alert.
 func (p *Pipeline) impersonated(e *features.Event, reason features.Reason) {
-	idx := features.WindowIndex(e.TS, p.size)
 	class := "unknown"
 	if a, ok := p.agents[string(e.AgentID)]; ok {
 		class = a.class.name
 	} else if len(e.AgentClass) > 0 {
 		class = string(e.AgentClass)
 	}
-	at := p.trustedAt(e.TS)
-	al := &Alert{
-		AlertID: AlertID(string(e.AgentID), idx*p.size, KindIdentity), AgentID: string(e.AgentID), AgentClass: class,
-		WindowStart: time.Unix(0, idx*p.size).UTC(), WindowEnd: time.Unix(0, (idx+1)*p.size).UTC(),
-		DetectedAt: time.Unix(0, at).UTC(), Score: p.cfg.Policy.CriticalScore, Severity: SeverityCritical,
-		Kind: KindIdentity, Reasons: []models.Reason{{Feature: string(reason), Value: 1}}, Baseline: Baseline{Source: "none"},
-	}
-	if !p.identityAlert(al) {
-		return
-	}
-	p.stats.Alerts[al.Severity]++
-	if p.onAlert != nil {
-		p.onAlert(al)
-	}
+	p.identityEvent(string(e.AgentID), class, e, KindIdentity, KindIdentity, SeverityCritical,
+		[]models.Reason{{Feature: string(reason), Value: 1}}, "none")
 }
