@@ -5,10 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"strings"
-	"sync/atomic"
-	"time"
 	"unicode/utf8"
 
 	"github.com/vigil-sec/vigil/features"
@@ -149,16 +146,11 @@ func toLower(r rune) rune {
 
 // Inventory is the agent inventory, shared by every partition and
 // replaced whole when its file changes (Reload). Safe for concurrent use.
-type Inventory struct {
-	inv  atomic.Pointer[inventory]
-	path string
-	mod  time.Time
-	size int64
-}
+type Inventory struct{ f trustedFile[inventory] }
 
 // LoadInventory reads the inventory file.
 func LoadInventory(path string) (*Inventory, error) {
-	k := &Inventory{path: path}
+	k := &Inventory{f: trustedFile[inventory]{what: "inventory", path: path, parse: ParseInventory}}
 	if _, err := k.Reload(); err != nil {
 		return nil, err
 	}
@@ -167,32 +159,10 @@ func LoadInventory(path string) (*Inventory, error) {
 
 // Reload rereads the inventory file if it changed, and reports whether it
 // did. On an error the inventory in use stays.
-func (k *Inventory) Reload() (bool, error) {
-	st, err := os.Stat(k.path)
-	if err != nil {
-		return false, fmt.Errorf("inventory: %w", err)
-	}
-	if k.inv.Load() != nil && st.ModTime().Equal(k.mod) && st.Size() == k.size {
-		return false, nil
-	}
-	if st.Mode().Perm()&0o022 != 0 {
-		return false, fmt.Errorf("inventory: %s is writable by others (mode %v)", k.path, st.Mode().Perm())
-	}
-	data, err := os.ReadFile(k.path)
-	if err != nil {
-		return false, fmt.Errorf("inventory: %w", err)
-	}
-	inv, err := ParseInventory(data)
-	if err != nil {
-		return false, fmt.Errorf("%s: %w", k.path, err)
-	}
-	k.inv.Store(inv)
-	k.mod, k.size = st.ModTime(), st.Size()
-	return true, nil
-}
+func (k *Inventory) Reload() (bool, error) { return k.f.reload() }
 
 // Len is the number of agents in the inventory.
-func (k *Inventory) Len() int { return len(k.inv.Load().agents) }
+func (k *Inventory) Len() int { return len(k.f.load().agents) }
 
 // SetInventory gives the pipeline the agent inventory (nil: none). Call
 // before the first Process.
@@ -203,7 +173,7 @@ func (p *Pipeline) inventoryClass(id []byte) (string, bool) {
 	if p.inv == nil {
 		return "", false
 	}
-	e, ok := p.inv.inv.Load().agents[string(id)]
+	e, ok := p.inv.f.load().agents[string(id)]
 	if !ok {
 		return "", false
 	}
@@ -215,7 +185,7 @@ func (p *Pipeline) observeOnly(id string) bool {
 	if p.inv == nil {
 		return false
 	}
-	e, ok := p.inv.inv.Load().agents[id]
+	e, ok := p.inv.f.load().agents[id]
 	return ok && e.Mode == InventoryObserve
 }
 
@@ -224,7 +194,7 @@ func (p *Pipeline) observeOnly(id string) bool {
 func (p *Pipeline) unknownAgent(a *agent, e *features.Event) {
 	reasons := []models.Reason{{Feature: "not_in_inventory", Value: 1}}
 	sev := SeverityWarning
-	if like := p.inv.inv.Load().lookalike(a.id); like != "" {
+	if like := p.inv.f.load().lookalike(a.id); like != "" {
 		reasons = append(reasons, models.Reason{Feature: "lookalike_of:" + like, Value: 1})
 		sev = SeverityCritical
 	}

@@ -2,10 +2,6 @@ package detector
 
 import (
 	"errors"
-	"fmt"
-	"os"
-	"sync/atomic"
-	"time"
 
 	"github.com/vigil-sec/vigil/features"
 	"github.com/vigil-sec/vigil/models"
@@ -28,16 +24,11 @@ const flagUnverified = 1 << 7
 
 // Keys is the emitters' keyring, shared by every partition's pipeline and
 // replaced whole when its file changes (Reload). Safe for concurrent use.
-type Keys struct {
-	ring atomic.Pointer[features.Keyring]
-	path string
-	mod  time.Time
-	size int64
-}
+type Keys struct{ f trustedFile[features.Keyring] }
 
 // LoadKeys reads the keyring file.
 func LoadKeys(path string) (*Keys, error) {
-	k := &Keys{path: path}
+	k := &Keys{f: trustedFile[features.Keyring]{what: "signatures.keyring", path: path, parse: features.ParseKeyring}}
 	if _, err := k.Reload(); err != nil {
 		return nil, err
 	}
@@ -46,32 +37,10 @@ func LoadKeys(path string) (*Keys, error) {
 
 // Reload rereads the keyring file if it changed since the last read, and
 // reports whether it did. On an error the keys in use stay.
-func (k *Keys) Reload() (bool, error) {
-	st, err := os.Stat(k.path)
-	if err != nil {
-		return false, fmt.Errorf("signatures.keyring: %w", err)
-	}
-	if k.ring.Load() != nil && st.ModTime().Equal(k.mod) && st.Size() == k.size {
-		return false, nil
-	}
-	if st.Mode().Perm()&0o022 != 0 {
-		return false, fmt.Errorf("signatures.keyring: %s is writable by others (mode %v): whoever can write it can make vigil trust any key", k.path, st.Mode().Perm())
-	}
-	data, err := os.ReadFile(k.path)
-	if err != nil {
-		return false, fmt.Errorf("signatures.keyring: %w", err)
-	}
-	ring, err := features.ParseKeyring(data)
-	if err != nil {
-		return false, fmt.Errorf("signatures.keyring %s: %w", k.path, err)
-	}
-	k.ring.Store(ring)
-	k.mod, k.size = st.ModTime(), st.Size()
-	return true, nil
-}
+func (k *Keys) Reload() (bool, error) { return k.f.reload() }
 
 // Ring returns the keyring in use.
-func (k *Keys) Ring() *features.Keyring { return k.ring.Load() }
+func (k *Keys) Ring() *features.Keyring { return k.f.load() }
 
 // SetKeys gives the pipeline the emitters' keys; required when
 // signatures are checked (Config.Signatures.Mode). Call before the first
